@@ -1,0 +1,44 @@
+# Two commands: `make demo` (the main job on the bundled real data, local S3)
+# and `make test` (the whole suite). Both create .venv from uv.lock first.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+UV_VERSION := 0.13.9
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install demo test lint docs down clean
+
+$(UV):
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(BIN)/python
+	touch $@
+
+install: $(VENV)/.synced
+
+demo: install
+	$(BIN)/elt up
+	$(BIN)/elt upload data/turnstile/*.csv.gz --dataset turnstile
+	$(BIN)/elt run
+	@url=$$($(BIN)/elt url turnstile_daily) && \
+		echo "presigned URL of marts/turnstile_daily.csv (valid 1 hour):" && echo "$$url" && \
+		echo "first rows, fetched over plain HTTP:" && \
+		{ curl -fsS "$$url" | head -n 8; true; }
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check loaders tests
+	$(BIN)/ruff format --check loaders tests
+	$(BIN)/mypy loaders
+
+down: install
+	$(BIN)/elt down
+
+clean: down
+	rm -rf .elt target logs

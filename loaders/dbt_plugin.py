@@ -1,0 +1,48 @@
+"""dbt-duckdb plugin: gives dbt's DuckDB connection the same S3 access as the loader.
+
+Declared in ``profiles.yml`` per target::
+
+    plugins:
+      - module: loaders.dbt_plugin
+        config: {bucket: lake, endpoint: local}
+
+On each new connection it loads httpfs from the wheel (offline) and creates
+the temporary DuckDB secret for the target's bucket, with credentials from
+:func:`loaders.s3.connection` (local server keys, or the AWS chain).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from dbt.adapters.duckdb.plugins import BasePlugin
+from duckdb import DuckDBPyConnection
+
+from loaders import s3, warehouse
+from loaders.config import LakeConfig, resolve_home
+from loaders.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+
+class Plugin(BasePlugin):
+    """Configures S3 access on every DuckDB connection dbt opens."""
+
+    def initialize(self, plugin_config: dict[str, Any]) -> None:
+        self.lake = LakeConfig.from_mapping(plugin_config)
+
+    def update_connection_config(self, creds: Any, config: dict[str, Any]) -> None:
+        # The state directory may not exist yet on a fresh clone.
+        if creds.path and creds.path != ":memory:":
+            Path(creds.path).parent.mkdir(parents=True, exist_ok=True)
+
+    def configure_connection(self, conn: DuckDBPyConnection) -> None:
+        try:
+            connection = s3.connection(self.lake, resolve_home())
+        except ServerError as exc:
+            # Models and tests still run; only the S3 export will fail, saying so.
+            log.warning("S3 not configured for dbt: %s", exc)
+            connection = None
+        warehouse.configure(conn, connection)

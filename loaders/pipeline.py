@@ -1,0 +1,200 @@
+"""``elt run``: load new raw objects, ``dbt build``, check the exported marts.
+
+Each step raises :class:`~loaders.errors.StepError` naming itself, so the CLI
+can say in one line which step failed and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loaders import datasets as datasets_mod
+from loaders import s3 as s3_mod
+from loaders import warehouse
+from loaders.config import Settings
+from loaders.errors import EltError, StepError, StorageError
+from loaders.land import LoadResult, land_all
+from loaders.s3 import MARTS_PREFIX, ObjectInfo
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What one ``elt run`` did.
+
+    Attributes:
+        loads: One result per object attempted (empty when nothing was new).
+        dbt_nodes: ``(unique_id, status, seconds)`` per dbt node built or tested.
+        exports: Exported mart objects (key, ETag, size in bytes).
+    """
+
+    loads: list[LoadResult] = field(default_factory=list)
+    dbt_nodes: list[tuple[str, str, float]] = field(default_factory=list)
+    exports: list[ObjectInfo] = field(default_factory=list)
+
+    @property
+    def rows_loaded(self) -> int:
+        return sum(r.rows_loaded for r in self.loads)
+
+    @property
+    def failed_loads(self) -> list[LoadResult]:
+        return [r for r in self.loads if r.status == "failed"]
+
+
+def load(
+    settings: Settings, s3: S3Client, on_object: Callable[[ObjectInfo], None] | None = None
+) -> list[LoadResult]:
+    """Land every new object under ``raw/<dataset>/`` for each declared dataset.
+
+    Raises:
+        StorageError, BusyError, ConfigError: listing/reading S3 failed, the
+            warehouse is held by another process, or the registry is invalid.
+    """
+    registry = datasets_mod.discover(settings.project_dir)
+    connection = s3_mod.connection(settings.lake, settings.home)
+    with warehouse.connect(settings.warehouse_path, connection) as conn:
+        return land_all(
+            conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object
+        )
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def dbt(settings: Settings, args: list[str]) -> Any:
+    """Invoke dbt in-process on the project with these settings' target.
+
+    Args:
+        settings: Target, project and state directory.
+        args: dbt command and flags, e.g. ``["build", "--select", "marts"]``.
+
+    Returns:
+        dbt's ``dbtRunnerResult``.
+    """
+    from dbt.cli.main import dbtRunner  # heavy import: only when dbt runs
+
+    argv = [
+        *args,
+        "--project-dir", str(settings.project_dir),
+        "--profiles-dir", str(settings.project_dir),
+        "--target", settings.target,
+    ]
+    with _environment(settings.dbt_env()):
+        return dbtRunner().invoke(argv)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _failure_line(result: Any) -> str:
+    """The first failed dbt node and its message, as one line (colours stripped)."""
+    if result.exception is not None:
+        message = str(result.exception)
+    else:
+        failed = [
+            n
+            for n in getattr(result.result, "results", None) or []
+            if str(n.status) in ("error", "fail", "runtime error")
+        ]
+        if not failed:
+            return "dbt reported a failure (see logs/dbt.log)"
+        node = failed[0]
+        message = f"{node.node.resource_type} {node.node.name}: {node.message or node.status}"
+        if len(failed) > 1:
+            message += f" (and {len(failed) - 1} more)"
+    message = " ".join(_ANSI.sub("", message).split())
+    return message if len(message) <= 400 else message[:397] + "..."
+
+
+def build(settings: Settings) -> tuple[list[tuple[str, str, float]], list[str]]:
+    """``dbt build`` (seeds, models, tests, exports) on the settings' target.
+
+    Returns:
+        ``(unique_id, status, seconds)`` for every node dbt ran, and the names
+        of the models it built that export a CSV (``meta.export``).
+
+    Raises:
+        StepError: a model, test or export failed.
+    """
+    result = dbt(settings, ["build"])
+    results = getattr(result.result, "results", None) or []
+    nodes = [(n.node.unique_id, str(n.status), float(n.execution_time or 0.0)) for n in results]
+    if not result.success:
+        raise StepError("dbt build", _failure_line(result))
+    exporting = [
+        n.node.name
+        for n in results
+        if n.node.resource_type == "model" and (n.node.config.meta or {}).get("export")
+    ]
+    return nodes, exporting
+
+
+def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[ObjectInfo]:
+    """Check that each of ``models`` has its CSV at ``marts/<model>.csv``.
+
+    Returns:
+        The exported objects (key, ETag, size).
+
+    Raises:
+        StorageError: an export is missing.
+    """
+    found = {
+        o.key: o
+        for o in s3_mod.list_objects(s3, settings.lake.bucket, MARTS_PREFIX)
+    }
+    exports = []
+    for model in models:
+        key = f"{MARTS_PREFIX}{model}.csv"
+        if key not in found:
+            raise StorageError(f"s3://{settings.lake.bucket}/{key} is missing after dbt build")
+        exports.append(found[key])
+    return exports
+
+
+def run(
+    settings: Settings, on_object: Callable[[ObjectInfo], None] | None = None
+) -> RunReport:
+    """Load new objects, build and test with dbt, and list the exports.
+
+    Objects that fail to load are recorded and reported, but do not stop the
+    others or the build; the run then fails on the load step at the end.
+
+    Raises:
+        StepError: the step that failed (``load``, ``dbt build`` or ``export``).
+    """
+    report = RunReport()
+    s3 = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
+    try:
+        report.loads = load(settings, s3, on_object)
+    except EltError as exc:
+        raise StepError("load", str(exc)) from exc
+    report.dbt_nodes, exporting = build(settings)
+    try:
+        report.exports = exported_marts(settings, s3, exporting)
+    except EltError as exc:
+        raise StepError("export", str(exc)) from exc
+    if report.failed_loads:
+        lines = "; ".join(f"{r.error}" for r in report.failed_loads)
+        raise StepError("load", f"{len(report.failed_loads)} object(s) failed: {lines}")
+    return report

@@ -1,0 +1,105 @@
+"""The DuckDB warehouse file and its S3 access.
+
+Both the loader and dbt (through :mod:`loaders.dbt_plugin`) open DuckDB
+through :func:`configure`: httpfs is loaded from the signed binary shipped in
+the ``duckdb-extension-httpfs`` wheel (no download at run time), and S3
+credentials become a temporary DuckDB secret, which ``duckdb_secrets()``
+redacts and which is never written to the database file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import duckdb_extension_httpfs
+
+from loaders.errors import BusyError, ConfigError
+from loaders.s3 import Connection, duckdb_secret_options
+
+log = logging.getLogger(__name__)
+
+SECRET_NAME = "lake"
+
+
+def sql_literal(value: Any) -> str:
+    """Render a Python value as a DuckDB SQL literal (strings single-quoted, escaped)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def quote_identifier(name: str) -> str:
+    """Quote an identifier for DuckDB: ``a"b`` becomes ``"a""b"``."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def httpfs_path() -> Path:
+    """The httpfs extension binary for the installed DuckDB version.
+
+    Raises:
+        ConfigError: the wheel does not match the DuckDB version.
+    """
+    root = Path(duckdb_extension_httpfs.__file__).parent / "extensions"
+    path = root / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+    if not path.exists():
+        raise ConfigError(
+            f"duckdb-extension-httpfs has no build for DuckDB {duckdb.__version__} ({path})"
+        )
+    return path
+
+
+def configure(conn: duckdb.DuckDBPyConnection, s3: Connection | None) -> None:
+    """Load httpfs offline and, given ``s3``, create the temporary secret ``lake``."""
+    conn.execute("set autoinstall_known_extensions = false")
+    conn.execute(f"load {sql_literal(str(httpfs_path()))}")
+    if s3 is not None:
+        options = ", ".join(
+            f"{key} {sql_literal(value)}" for key, value in duckdb_secret_options(s3).items()
+        )
+        conn.execute(f"create or replace temporary secret {SECRET_NAME} (type s3, {options})")
+
+
+@contextlib.contextmanager
+def connect(
+    path: Path,
+    s3: Connection | None = None,
+    *,
+    wait_s: float = 30.0,
+    config: dict[str, Any] | None = None,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse read-write, waiting up to ``wait_s`` for another writer.
+
+    DuckDB allows one read-write process per file; a second one fails to take
+    the lock. We retry for a bounded time, then give up with ``BusyError``.
+
+    Raises:
+        BusyError: another process held the file for longer than ``wait_s``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn = duckdb.connect(str(path), config=config or {})
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise BusyError(
+                    f"{path} is in use by another process (waited {wait_s:.0f}s): "
+                    "another `elt run`, dbt, or a SQL client holds it"
+                ) from exc
+            time.sleep(0.5)
+    try:
+        configure(conn, s3)
+        yield conn
+    finally:
+        conn.close()
