@@ -1,0 +1,38 @@
+"""The CLI's contract: one line per error, meaningful exit codes."""
+
+from __future__ import annotations
+
+from tests.conftest import Elt
+
+
+def test_url_for_a_missing_mart_is_one_clear_line(elt: Elt) -> None:
+    proc = elt.run("url", "no_such_model", check=False)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("elt: s3://lake/marts/no_such_model.csv does not exist")
+
+
+def test_run_without_server_names_the_failed_step(tmp_path) -> None:
+    stopped = Elt(tmp_path)
+    proc = stopped.run("run", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"elt: the local S3 server is not running for {tmp_path}: run `elt up`"
+    ]
+
+
+def test_prod_target_without_bucket_says_what_to_set(elt: Elt) -> None:
+    proc = elt.run("url", "turnstile_daily", "--target", "prod", check=False)
+    assert proc.returncode == 2
+    assert "ELT_BUCKET" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_upload_puts_files_under_the_dataset_prefix(elt: Elt, tmp_path) -> None:
+    path = tmp_path / "week 1.csv"
+    path.write_text("a\n1\n")
+    proc = elt.run("upload", str(path), "--dataset", "scratch")
+    assert proc.stdout.strip() == "s3://lake/raw/scratch/week 1.csv"
+    assert elt.get("raw/scratch/week 1.csv") == b"a\n1\n"
