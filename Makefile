@@ -26,10 +26,11 @@ demo: install
 	$(BIN)/elt run
 	@url=$$($(BIN)/elt url turnstile_daily) && \
 		echo "presigned URL of marts/turnstile_daily.csv (valid 1 hour):" && echo "$$url" && \
+		curl -fsS -o "$${ELT_HOME:-.elt}/turnstile_daily.csv" "$$url" && \
 		echo "first rows, fetched over plain HTTP:" && \
-		{ curl -fsS "$$url" | head -n 8; true; }
+		head -n 8 "$${ELT_HOME:-.elt}/turnstile_daily.csv"
 
-test: install
+test: install lint
 	$(BIN)/pytest
 
 lint: install

@@ -124,8 +124,10 @@ def _render(value: Any, env: Mapping[str, str]) -> Any:
             raise ConfigError(f"profiles.yml: environment variable {name} is not set")
         return default
 
-    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(value).render(
-        env_var=env_var
+    return (
+        jinja2.Environment(undefined=jinja2.StrictUndefined)
+        .from_string(value)
+        .render(env_var=env_var)
     )
 
 
@@ -156,7 +158,9 @@ def load_settings(target: str | None = None, env: Mapping[str, str] | None = Non
     if name not in outputs:
         raise ConfigError(f"{path}: no target '{name}' (have: {', '.join(outputs)})")
     output = _render(outputs[name], env)
-    plugin = next((p for p in output.get("plugins") or [] if p.get("module") == PLUGIN_MODULE), None)
+    plugin = next(
+        (p for p in output.get("plugins") or [] if p.get("module") == PLUGIN_MODULE), None
+    )
     if plugin is None:
         raise ConfigError(f"{path}: target '{name}' has no {PLUGIN_MODULE} plugin block")
     warehouse = Path(output.get("path") or home / "warehouse.duckdb")

@@ -99,9 +99,7 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset]) 
     for dataset in datasets:
         columns = [f"{quote_identifier(c)} varchar" for c in dataset.columns]
         columns += [f"{name} {kind}" for name, kind in LINEAGE_COLUMNS]
-        conn.execute(
-            f"create table if not exists {_table(dataset)} ({', '.join(columns)})"
-        )
+        conn.execute(f"create table if not exists {_table(dataset)} ({', '.join(columns)})")
 
 
 def _table(dataset: Dataset) -> str:
@@ -186,9 +184,7 @@ def _column_names(header: list[str], key: str) -> list[str]:
     seen: dict[str, int] = {}
     for i, name in enumerate(names, start=1):
         if name in seen:
-            raise LoadError(
-                f"{key}: line 1: columns {seen[name]} and {i} both name {name!r}"
-            )
+            raise LoadError(f"{key}: line 1: columns {seen[name]} and {i} both name {name!r}")
         if name.startswith("_"):
             raise LoadError(f"{key}: line 1, column {i}: {name!r} collides with lineage columns")
         seen[name] = i
@@ -222,7 +218,9 @@ def _insert(
     for name in names:
         if name not in existing:
             log.warning("%s: new column %r added to %s", obj.key, name, _table(dataset))
-            conn.execute(f"alter table {_table(dataset)} add column {quote_identifier(name)} varchar")
+            conn.execute(
+                f"alter table {_table(dataset)} add column {quote_identifier(name)} varchar"
+            )
     positional = ", ".join(f"{sql_literal(f'c{i}')}: 'varchar'" for i in range(len(names)))
     target = ", ".join(quote_identifier(n) for n in names)
     source = ", ".join(f"c{i}" for i in range(len(names)))
@@ -297,7 +295,9 @@ def land_object(
             names = _column_names(_header(path, compression, obj.key, dataset.delimiter), obj.key)
             missing = dataset.missing_columns(set(names))
             if missing:
-                raise LoadError(f"{obj.key}: line 1: missing required column(s) {', '.join(missing)}")
+                raise LoadError(
+                    f"{obj.key}: line 1: missing required column(s) {', '.join(missing)}"
+                )
             rows = _insert(conn, dataset, obj, path, names, compression, load_id, started_at)
         except (LoadError, duckdb.Error) as exc:
             # DuckDB keeps a transaction open after some errors: always roll back.
@@ -312,8 +312,18 @@ def land_object(
         conn.execute(
             f"insert into {LEDGER} values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                load_id, dataset.name, bucket, obj.key, obj.etag, obj.size, sha256,
-                status, rows, error, started_at, datetime.now(UTC),
+                load_id,
+                dataset.name,
+                bucket,
+                obj.key,
+                obj.etag,
+                obj.size,
+                sha256,
+                status,
+                rows,
+                error,
+                started_at,
+                datetime.now(UTC),
             ],
         )
         conn.execute("commit")

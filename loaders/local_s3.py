@@ -110,9 +110,7 @@ def _write_identities(home: Path, creds: Credentials) -> Path:
     path = state_dir(home) / "identities.json"
     identity = {
         "name": "elt",
-        "credentials": [
-            {"accessKey": creds.access_key_id, "secretKey": creds.secret_access_key}
-        ],
+        "credentials": [{"accessKey": creds.access_key_id, "secretKey": creds.secret_access_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     _write_private(path, json.dumps({"identities": [identity]}))
@@ -249,7 +247,9 @@ def start(home: Path) -> ServerState:
             return state
         time.sleep(0.2)
     stop(home)
-    raise ServerError(f"local S3 server did not answer within {START_TIMEOUT_S:.0f}s; see {log_path}")
+    raise ServerError(
+        f"local S3 server did not answer within {START_TIMEOUT_S:.0f}s; see {log_path}"
+    )
 
 
 def stop(home: Path) -> bool:

@@ -63,9 +63,7 @@ def load(
     registry = datasets_mod.discover(settings.project_dir)
     connection = s3_mod.connection(settings.lake, settings.home)
     with warehouse.connect(settings.warehouse_path, connection) as conn:
-        return land_all(
-            conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object
-        )
+        return land_all(conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object)
 
 
 @contextmanager
@@ -96,9 +94,12 @@ def dbt(settings: Settings, args: list[str]) -> Any:
 
     argv = [
         *args,
-        "--project-dir", str(settings.project_dir),
-        "--profiles-dir", str(settings.project_dir),
-        "--target", settings.target,
+        "--project-dir",
+        str(settings.project_dir),
+        "--profiles-dir",
+        str(settings.project_dir),
+        "--target",
+        settings.target,
     ]
     with _environment(settings.dbt_env()):
         return dbtRunner().invoke(argv)
@@ -159,10 +160,7 @@ def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[
     Raises:
         StorageError: an export is missing.
     """
-    found = {
-        o.key: o
-        for o in s3_mod.list_objects(s3, settings.lake.bucket, MARTS_PREFIX)
-    }
+    found = {o.key: o for o in s3_mod.list_objects(s3, settings.lake.bucket, MARTS_PREFIX)}
     exports = []
     for model in models:
         key = f"{MARTS_PREFIX}{model}.csv"
@@ -172,9 +170,7 @@ def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[
     return exports
 
 
-def run(
-    settings: Settings, on_object: Callable[[ObjectInfo], None] | None = None
-) -> RunReport:
+def run(settings: Settings, on_object: Callable[[ObjectInfo], None] | None = None) -> RunReport:
     """Load new objects, build and test with dbt, and list the exports.
 
     Objects that fail to load are recorded and reported, but do not stop the

@@ -85,8 +85,8 @@ def connection(lake: LakeConfig, home: Path) -> Connection:
     return Connection(
         endpoint_url=lake.endpoint,
         region=lake.region,
-        access_key_id=frozen.access_key,
-        secret_access_key=frozen.secret_key,
+        access_key_id=frozen.access_key or "",
+        secret_access_key=frozen.secret_key or "",
         session_token=frozen.token,
     )
 

@@ -38,7 +38,9 @@ class Elt:
         env.update(ELT_HOME=str(self.home), **extra)
         return env
 
-    def run(self, *args: str, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, **extra_env: str
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``elt ARGS`` and return the finished process (text output)."""
         proc = subprocess.run(
             [str(BIN / "elt"), *args],
@@ -49,7 +51,9 @@ class Elt:
             timeout=600,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"elt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"elt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     @property

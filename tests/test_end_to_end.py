@@ -14,8 +14,18 @@ import pytest
 from tests.conftest import SAMPLE_WEEKS, Elt
 
 HEADER = [
-    "turnstile_id", "control_area", "remote_unit", "scp", "station", "line_names",
-    "division", "service_date", "entries", "exits", "readings", "anomalies",
+    "turnstile_id",
+    "control_area",
+    "remote_unit",
+    "scp",
+    "station",
+    "line_names",
+    "division",
+    "service_date",
+    "entries",
+    "exits",
+    "readings",
+    "anomalies",
 ]
 
 
@@ -51,9 +61,17 @@ def test_week_boundary_diffs_against_previous_week(turnstile_days) -> None:
     # entries 11+4+33+59+100+51 = 258; exits 16+11+50+48+59+42 = 226
     row = turnstile_days[("A002-R051-02-00-00", "2024-01-06")]
     assert row == {
-        "turnstile_id": "A002-R051-02-00-00", "control_area": "A002", "remote_unit": "R051",
-        "scp": "02-00-00", "station": "59 ST", "line_names": "NQR456W", "division": "BMT",
-        "service_date": "2024-01-06", "entries": "258", "exits": "226", "readings": "6",
+        "turnstile_id": "A002-R051-02-00-00",
+        "control_area": "A002",
+        "remote_unit": "R051",
+        "scp": "02-00-00",
+        "station": "59 ST",
+        "line_names": "NQR456W",
+        "division": "BMT",
+        "service_date": "2024-01-06",
+        "entries": "258",
+        "exits": "226",
+        "readings": "6",
         "anomalies": "0",
     }
 
@@ -72,7 +90,12 @@ def test_regular_reading_wins_over_recovr_aud_duplicate(turnstile_days) -> None:
     #   23:00 REGULAR 22730,30696       22723, 30019 anomaly
     # 9 readings after de-duplication, 5 anomalies; entries 5+37+45, exits 3+29+49
     row = turnstile_days[("N306-R017-00-00-00", "2023-12-30")]
-    assert (row["entries"], row["exits"], row["readings"], row["anomalies"]) == ("87", "81", "9", "5")
+    assert (row["entries"], row["exits"], row["readings"], row["anomalies"]) == (
+        "87",
+        "81",
+        "9",
+        "5",
+    )
 
 
 def test_backwards_counter_counts_absolute_change(turnstile_days) -> None:
@@ -81,7 +104,12 @@ def test_backwards_counter_counts_absolute_change(turnstile_days) -> None:
     #   11:00 ...054,...109824 -> 24, 1154  | 15:00 ...1990,...109438 -> 64, 386
     #   19:00 ...1760,...109039 -> 230, 399 | 23:00 ...1668,...108892 -> 92, 147
     row = turnstile_days[("A011-R080-01-03-00", "2024-01-03")]
-    assert (row["entries"], row["exits"], row["readings"], row["anomalies"]) == ("445", "2289", "6", "0")
+    assert (row["entries"], row["exits"], row["readings"], row["anomalies"]) == (
+        "445",
+        "2289",
+        "6",
+        "0",
+    )
 
 
 def test_counter_reset_is_an_anomaly_excluded_from_sums(turnstile_days) -> None:
@@ -89,7 +117,12 @@ def test_counter_reset_is_an_anomaly_excluded_from_sums(turnstile_days) -> None:
     #   12:00 5,133 -> 20563, 63508: anomaly, excluded
     #   16:00 8,148 -> 3, 15 | 20:00 11,192 -> 3, 44
     row = turnstile_days[("H041-R152-00-03-01", "2024-01-11")]
-    assert (row["entries"], row["exits"], row["readings"], row["anomalies"]) == ("6", "59", "3", "1")
+    assert (row["entries"], row["exits"], row["readings"], row["anomalies"]) == (
+        "6",
+        "59",
+        "3",
+        "1",
+    )
     assert ("H041-R152-00-03-01", "2024-01-10") not in turnstile_days
 
 
@@ -104,14 +137,19 @@ def test_second_week_service_dates_lie_within_that_week(loaded: Elt) -> None:
 def test_station_daily_totals_match_turnstile_daily(loaded: Elt, turnstile_days) -> None:
     stations = list(csv.DictReader(io.StringIO(loaded.download_mart("station_daily").decode())))
     assert list(stations[0]) == ["remote_unit", "station", "service_date", "entries", "exits"]
-    r051 = next(s for s in stations if (s["remote_unit"], s["service_date"]) == ("R051", "2024-01-06"))
+    r051 = next(
+        s for s in stations if (s["remote_unit"], s["service_date"]) == ("R051", "2024-01-06")
+    )
     expected = sum(
-        int(r["entries"]) for (_, day), r in turnstile_days.items()
+        int(r["entries"])
+        for (_, day), r in turnstile_days.items()
         if r["remote_unit"] == "R051" and day == "2024-01-06"
     )
     assert int(r051["entries"]) == expected
     assert r051["station"] == "59 ST"
-    assert sum(int(s["exits"]) for s in stations) == sum(int(r["exits"]) for r in turnstile_days.values())
+    assert sum(int(s["exits"]) for s in stations) == sum(
+        int(r["exits"]) for r in turnstile_days.values()
+    )
 
 
 def test_lineage_columns_trace_each_row_to_its_object(loaded: Elt) -> None:
@@ -119,7 +157,10 @@ def test_lineage_columns_trace_each_row_to_its_object(loaded: Elt) -> None:
         "select _source_key, _source_etag, min(_source_row_number), max(_source_row_number), "
         "count(distinct _load_id), count(*) from raw.turnstile group by all order by 1"
     )
-    etags = {o["Key"]: o["ETag"].strip('"') for o in loaded.s3().list_objects_v2(Bucket="lake", Prefix="raw/")["Contents"]}
+    etags = {
+        o["Key"]: o["ETag"].strip('"')
+        for o in loaded.s3().list_objects_v2(Bucket="lake", Prefix="raw/")["Contents"]
+    }
     assert rows == [
         ("raw/turnstile/240106.csv.gz", etags["raw/turnstile/240106.csv.gz"], 1, 250816, 1, 250816),
         ("raw/turnstile/240113.csv.gz", etags["raw/turnstile/240113.csv.gz"], 1, 253022, 1, 253022),
