@@ -108,11 +108,20 @@ def upload(
 
 @app.command()
 @_reports_errors
-def run(target: TargetOption = None) -> None:
+def run(
+    target: TargetOption = None,
+    full_refresh: Annotated[
+        bool, typer.Option("--full-refresh", help="Rebuild incremental models from all history.")
+    ] = False,
+) -> None:
     """Load new raw objects, dbt build, export the marts."""
     settings = _settings(target)
     with err.status("landing raw objects...") as status:
-        report = pipeline.run(settings, on_object=lambda o: status.update(f"landing {o.key}"))
+        report = pipeline.run(
+            settings,
+            on_object=lambda o: status.update(f"landing {o.key}"),
+            full_refresh=full_refresh,
+        )
     out.print(
         f"loaded {len(report.loads)} object(s), {report.rows_loaded} row(s); "
         f"dbt ran {len(report.dbt_nodes)} node(s); exported "

@@ -6,9 +6,11 @@ Declared in ``profiles.yml`` per target::
       - module: loaders.dbt_plugin
         config: {bucket: lake, endpoint: local}
 
-On each new connection it loads httpfs from the wheel (offline) and creates
-the temporary DuckDB secret for the target's bucket, with credentials from
-:func:`loaders.s3.connection` (local server keys, or the AWS chain).
+On each new connection it loads httpfs from the wheel (offline), creates the
+temporary DuckDB secret for the target's bucket, with credentials from
+:func:`loaders.s3.connection` (local server keys, or the AWS chain), and
+registers the SQL functions the publish step of ``macros/export_mart.sql``
+calls (:func:`loaders.publish.publish_object`, :func:`loaders.publish.discard_object`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from dbt.adapters.duckdb.plugins import BasePlugin
 from duckdb import DuckDBPyConnection
 
-from loaders import s3, warehouse
+from loaders import publish, s3, warehouse
 from loaders.config import LakeConfig, resolve_home
 from loaders.errors import ServerError
 
@@ -32,6 +34,7 @@ class Plugin(BasePlugin):
 
     def initialize(self, plugin_config: dict[str, Any]) -> None:
         self.lake = LakeConfig.from_mapping(plugin_config)
+        self._connection: s3.Connection | None = None
 
     def update_connection_config(self, creds: Any, config: dict[str, Any]) -> None:
         # The state directory may not exist yet on a fresh clone.
@@ -40,9 +43,11 @@ class Plugin(BasePlugin):
 
     def configure_connection(self, conn: DuckDBPyConnection) -> None:
         try:
-            connection = s3.connection(self.lake, resolve_home())
+            self._connection = s3.connection(self.lake, resolve_home())
         except ServerError as exc:
             # Models and tests still run; only the S3 export will fail, saying so.
             log.warning("S3 not configured for dbt: %s", exc)
-            connection = None
-        warehouse.configure(conn, connection)
+            self._connection = None
+        warehouse.configure(conn, self._connection)
+        # Registered in the database's catalog: dbt's cursors see them too.
+        publish.register_functions(conn, self.lake.bucket, lambda: self._connection)

@@ -128,8 +128,14 @@ def _failure_line(result: Any) -> str:
     return message if len(message) <= 400 else message[:397] + "..."
 
 
-def build(settings: Settings) -> tuple[list[tuple[str, str, float]], list[str]]:
+def build(
+    settings: Settings, full_refresh: bool = False
+) -> tuple[list[tuple[str, str, float]], list[str]]:
     """``dbt build`` (seeds, models, tests, exports) on the settings' target.
+
+    Args:
+        settings: Target and project.
+        full_refresh: Rebuild incremental models from all history.
 
     Returns:
         ``(unique_id, status, seconds)`` for every node dbt ran, and the names
@@ -138,7 +144,7 @@ def build(settings: Settings) -> tuple[list[tuple[str, str, float]], list[str]]:
     Raises:
         StepError: a model, test or export failed.
     """
-    result = dbt(settings, ["build"])
+    result = dbt(settings, ["build", "--full-refresh"] if full_refresh else ["build"])
     results = getattr(result.result, "results", None) or []
     nodes = [(n.node.unique_id, str(n.status), float(n.execution_time or 0.0)) for n in results]
     if not result.success:
@@ -170,7 +176,11 @@ def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[
     return exports
 
 
-def run(settings: Settings, on_object: Callable[[ObjectInfo], None] | None = None) -> RunReport:
+def run(
+    settings: Settings,
+    on_object: Callable[[ObjectInfo], None] | None = None,
+    full_refresh: bool = False,
+) -> RunReport:
     """Load new objects, build and test with dbt, and list the exports.
 
     Objects that fail to load are recorded and reported, but do not stop the
@@ -185,7 +195,7 @@ def run(settings: Settings, on_object: Callable[[ObjectInfo], None] | None = Non
         report.loads = load(settings, s3, on_object)
     except EltError as exc:
         raise StepError("load", str(exc)) from exc
-    report.dbt_nodes, exporting = build(settings)
+    report.dbt_nodes, exporting = build(settings, full_refresh)
     try:
         report.exports = exported_marts(settings, s3, exporting)
     except EltError as exc:

@@ -1,27 +1,65 @@
 {#
-    Post-hook: export the model to s3://<bucket>/marts/<model>.csv, header
-    included. A model opts in with `meta: {export: csv}`; rows are ordered by
-    `meta.primary_key` so an unchanged table exports identical bytes.
-    Runs after the model's transaction commits (see dbt_project.yml).
+    Write-audit-publish for marts exported as CSV.
+
+    A model opts in with `meta: {export: csv, primary_key: [...]}`. Its
+    post-hook (after the model's transaction commits) writes the candidate to
+    s3://<bucket>/marts/_staging/<invocation id>/<model>.csv. At the end of the
+    run, publish_marts() copies a candidate to marts/<model>.csv only if the
+    model built and every test on it ran in this invocation and passed (warn
+    counts as passed); otherwise the candidate is discarded and the previously
+    published CSV stays as it was.
+
+    The CSV: header row, rows ordered by the primary key (an unchanged table
+    exports identical bytes), columns starting with "_" left out, and text
+    cells a spreadsheet would run as a formula escaped with a leading quote.
 #}
 {% macro export_mart() %}
-    {%- set meta = model.config.get('meta', {}) -%}
-    {%- if meta.get('export') == 'csv' and execute -%}
-        {%- set order_by = meta.get('primary_key') or ['all'] -%}
+    {%- if execute and model.config.get('meta', {}).get('export') == 'csv' -%}
+        {%- set order_by = model.config.meta.get('primary_key') or ['all'] -%}
         copy (
-            select * from {{ this }}
+            select {{ export_columns(this) }}
+            from {{ this }}
             order by {{ order_by | join(', ') }}
-        ) to '{{ mart_uri(this.identifier) }}' (format csv, header true)
+        ) to '{{ lake_uri(staging_key(this.identifier)) }}' (format csv, header true)
     {%- endif -%}
 {% endmacro %}
 
 
-{#- s3://<bucket>/marts/<name>.csv, the bucket from the target's loaders.dbt_plugin block. -#}
-{% macro mart_uri(name) %}
-    {{- return('s3://' ~ lake_bucket() ~ '/marts/' ~ name ~ '.csv') -}}
+{#- The relation's columns for export: "_" columns dropped, text escaped (OWASP CSV injection). -#}
+{% macro export_columns(relation) %}
+    {%- set selected = [] -%}
+    {%- for column in adapter.get_columns_in_relation(relation) if not column.name.startswith('_') -%}
+        {%- set name = adapter.quote(column.name) -%}
+        {%- if column.is_string() -%}
+            {%- do selected.append(csv_safe_text(name) ~ ' as ' ~ name) -%}
+        {%- else -%}
+            {%- do selected.append(name) -%}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ selected | join(', ') }}
 {% endmacro %}
 
 
+{#- A text cell starting with = + - @ tab or CR gets a leading ' so spreadsheets show it as text. -#}
+{% macro csv_safe_text(expression) -%}
+    case
+        when regexp_matches({{ expression }}, '^[=+\-@\t\r]') then '''' || {{ expression }}
+        else {{ expression }}
+    end
+{%- endmacro %}
+
+
+{% macro staging_key(name) %}
+    {{- return('marts/_staging/' ~ invocation_id ~ '/' ~ name ~ '.csv') -}}
+{% endmacro %}
+
+
+{% macro lake_uri(key) %}
+    {{- return('s3://' ~ lake_bucket() ~ '/' ~ key) -}}
+{% endmacro %}
+
+
+{#- The bucket of the target's loaders.dbt_plugin block in profiles.yml. -#}
 {% macro lake_bucket() %}
     {%- for plugin in target.get('plugins') or [] -%}
         {%- if plugin.get('module') == 'loaders.dbt_plugin' and plugin.get('config', {}).get('bucket') -%}
@@ -29,4 +67,45 @@
         {%- endif -%}
     {%- endfor -%}
     {{- exceptions.raise_compiler_error("profiles.yml: target '" ~ target.name ~ "' has no loaders.dbt_plugin block with a bucket") -}}
+{% endmacro %}
+
+
+{#
+    on-run-end: publish each exported model whose build and tests passed.
+    elt_publish_object() is registered by loaders.dbt_plugin: a server-side
+    S3 copy of the complete candidate to its final key, then the candidate's
+    deletion. The final key is replaced in one PUT: readers see the old CSV
+    or the new one, never part of one.
+#}
+{% macro publish_marts(results) %}
+    {%- if not execute -%}{{ return('') }}{%- endif -%}
+    {%- set statuses = {} -%}
+    {%- for result in results -%}
+        {%- do statuses.update({result.node.unique_id: result.status | string}) -%}
+    {%- endfor -%}
+    {%- set statements = [] -%}
+    {%- for result in results if result.node.resource_type == 'model'
+            and result.node.config.get('meta', {}).get('export') == 'csv' -%}
+        {%- set model_id = result.node.unique_id -%}
+        {%- set blockers = [] -%}
+        {%- if statuses[model_id] != 'success' -%}
+            {%- do blockers.append('the model ' ~ statuses[model_id]) -%}
+        {%- endif -%}
+        {%- for test in graph.nodes.values() if test.resource_type == 'test'
+                and model_id in test.depends_on.nodes -%}
+            {%- set status = statuses.get(test.unique_id, 'not run') -%}
+            {%- if status not in ['pass', 'warn', 'success'] -%}
+                {%- do blockers.append(test.name ~ ' ' ~ status) -%}
+            {%- endif -%}
+        {%- endfor -%}
+        {%- set candidate = staging_key(result.node.name) -%}
+        {%- if blockers -%}
+            {{ log("not publishing " ~ result.node.name ~ ": " ~ blockers | join(', '), info=true) }}
+            {%- do statements.append("select elt_discard_object('" ~ candidate ~ "')") -%}
+        {%- else -%}
+            {{ log("publishing marts/" ~ result.node.name ~ ".csv", info=true) }}
+            {%- do statements.append("select elt_publish_object('" ~ candidate ~ "', 'marts/" ~ result.node.name ~ ".csv')") -%}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return(statements | join(';\n')) }}
 {% endmacro %}

@@ -1,3 +1,12 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key=['turnstile_id', 'reading_at'],
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+    )
+}}
+
 with
 
 readings as (
@@ -5,6 +14,76 @@ readings as (
     select * from {{ ref('int_turnstile_readings_deduplicated') }}
 
 ),
+
+{% if is_incremental() %}
+
+changed_turnstiles as (
+
+    -- Per turnstile, the earliest reading that is new (or newly preferred)
+    -- since the last build. Its delta and every later one are recomputed: a
+    -- late week changes the first delta of the week after it.
+    select
+        turnstile_id,
+        min(reading_at) as changed_from
+
+    from readings
+
+    where _loaded_at > (
+        select coalesce(max(_loaded_at), '-infinity'::timestamptz) from {{ this }}
+    )
+
+    group by turnstile_id
+
+),
+
+anchors as (
+
+    -- The reading just before the change: the first recomputed delta diffs
+    -- against it. In-order weeks cost one extra reading per turnstile.
+    select
+        changed_turnstiles.turnstile_id,
+        changed_turnstiles.changed_from,
+        max(readings.reading_at) as anchor_at
+
+    from changed_turnstiles
+
+    left join readings
+        on
+            changed_turnstiles.turnstile_id = readings.turnstile_id
+            and readings.reading_at < changed_turnstiles.changed_from
+
+    group by changed_turnstiles.turnstile_id, changed_turnstiles.changed_from
+
+),
+
+window_input as (
+
+    select
+        readings.*,
+        anchors.changed_from
+
+    from readings
+
+    inner join anchors
+        on
+            readings.turnstile_id = anchors.turnstile_id
+            and readings.reading_at >= coalesce(anchors.anchor_at, anchors.changed_from)
+
+),
+
+{% else %}
+
+window_input as (
+
+    select
+        *,
+        null::timestamp as changed_from
+
+    from readings
+
+),
+
+{% endif %}
 
 with_previous as (
 
@@ -14,7 +93,7 @@ with_previous as (
         lag(cumulative_entries) over turnstile_history as previous_entries,
         lag(cumulative_exits) over turnstile_history as previous_exits
 
-    from readings
+    from window_input
 
     window turnstile_history as (partition by turnstile_id order by reading_at)
 
@@ -37,11 +116,16 @@ deltas as (
 flagged as (
 
     select
-        *,
+        * exclude (changed_from),
         coalesce(entries_delta > {{ var('anomaly_threshold') }}, false) as is_entries_anomaly,
-        coalesce(exits_delta > {{ var('anomaly_threshold') }}, false) as is_exits_anomaly
+        coalesce(exits_delta > {{ var('anomaly_threshold') }}, false) as is_exits_anomaly,
+        -- When this row was (re)computed: downstream models rebuild the days it touches.
+        cast('{{ run_started_at }}' as timestamptz) as _refreshed_at
 
     from deltas
+
+    -- The anchor reading itself is not recomputed, only used.
+    where changed_from is null or reading_at >= changed_from
 
 )
 

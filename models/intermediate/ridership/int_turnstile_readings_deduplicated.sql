@@ -1,3 +1,12 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key=['turnstile_id', 'reading_at'],
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+    )
+}}
+
 with
 
 readings as (
@@ -5,6 +14,49 @@ readings as (
     select * from {{ ref('stg_mta__turnstile_readings') }}
 
 ),
+
+{% if is_incremental() %}
+
+new_reading_keys as (
+
+    -- Turnstile times with a reading landed since the last build, from any
+    -- week, in any order. Readings that lose the de-duplication below leave
+    -- the watermark where it was; they are looked at again next time, harmlessly.
+    select distinct
+        turnstile_id,
+        reading_at
+
+    from readings
+
+    where _loaded_at > (
+        select coalesce(max(_loaded_at), '-infinity'::timestamptz) from {{ this }}
+    )
+
+),
+
+candidates as (
+
+    -- Every reading at those keys, old and new: the winner is chosen again.
+    select readings.*
+
+    from readings
+
+    inner join new_reading_keys
+        on
+            readings.turnstile_id = new_reading_keys.turnstile_id
+            and readings.reading_at = new_reading_keys.reading_at
+
+),
+
+{% else %}
+
+candidates as (
+
+    select * from readings
+
+),
+
+{% endif %}
 
 ranked as (
 
@@ -23,7 +75,7 @@ ranked as (
                 _source_row_number
         ) as preference_rank
 
-    from readings
+    from candidates
 
 ),
 

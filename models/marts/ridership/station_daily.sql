@@ -1,3 +1,12 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key=['remote_unit', 'service_date'],
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+    )
+}}
+
 with
 
 turnstile_days as (
@@ -5,6 +14,46 @@ turnstile_days as (
     select * from {{ ref('turnstile_daily') }}
 
 ),
+
+{% if is_incremental() %}
+
+changed_days as (
+
+    -- Remote unit days with a turnstile day rebuilt since this model's last build.
+    select distinct
+        remote_unit,
+        service_date
+
+    from turnstile_days
+
+    where _refreshed_at > (
+        select coalesce(max(_refreshed_at), '-infinity'::timestamptz) from {{ this }}
+    )
+
+),
+
+unit_days as (
+
+    select turnstile_days.*
+
+    from turnstile_days
+
+    inner join changed_days
+        on
+            turnstile_days.remote_unit = changed_days.remote_unit
+            and turnstile_days.service_date = changed_days.service_date
+
+),
+
+{% else %}
+
+unit_days as (
+
+    select * from turnstile_days
+
+),
+
+{% endif %}
 
 station_names as (
 
@@ -19,7 +68,7 @@ station_names as (
             order by count(*) desc, station
         ) as name_rank
 
-    from turnstile_days
+    from unit_days
 
     group by remote_unit, service_date, station
 
@@ -31,9 +80,10 @@ totals as (
         remote_unit,
         service_date,
         cast(sum(entries) as bigint) as entries,
-        cast(sum(exits) as bigint) as exits
+        cast(sum(exits) as bigint) as exits,
+        max(_refreshed_at) as _refreshed_at
 
-    from turnstile_days
+    from unit_days
 
     group by remote_unit, service_date
 
@@ -46,7 +96,8 @@ final as (
         station_names.station,
         totals.service_date,
         totals.entries,
-        totals.exits
+        totals.exits,
+        totals._refreshed_at
 
     from totals
 

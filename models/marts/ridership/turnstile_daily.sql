@@ -1,3 +1,12 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key=['turnstile_id', 'service_date'],
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+    )
+}}
+
 with
 
 intervals as (
@@ -5,6 +14,47 @@ intervals as (
     select * from {{ ref('int_turnstile_intervals') }}
 
 ),
+
+{% if is_incremental() %}
+
+changed_days as (
+
+    -- Turnstile days with an interval (re)computed since this model's last build.
+    select distinct
+        turnstile_id,
+        service_date
+
+    from intervals
+
+    where _refreshed_at > (
+        select coalesce(max(_refreshed_at), '-infinity'::timestamptz) from {{ this }}
+    )
+
+),
+
+day_intervals as (
+
+    -- All of each changed day's intervals, not only the changed ones.
+    select intervals.*
+
+    from intervals
+
+    inner join changed_days
+        on
+            intervals.turnstile_id = changed_days.turnstile_id
+            and intervals.service_date = changed_days.service_date
+
+),
+
+{% else %}
+
+day_intervals as (
+
+    select * from intervals
+
+),
+
+{% endif %}
 
 daily as (
 
@@ -21,9 +71,10 @@ daily as (
         sum(entries_delta) filter (where not is_entries_anomaly) as entries,
         sum(exits_delta) filter (where not is_exits_anomaly) as exits,
         count(*) as readings,
-        count(*) filter (where is_entries_anomaly or is_exits_anomaly) as anomalies
+        count(*) filter (where is_entries_anomaly or is_exits_anomaly) as anomalies,
+        max(_refreshed_at) as _refreshed_at
 
-    from intervals
+    from day_intervals
 
     group by turnstile_id, service_date
 
@@ -43,7 +94,8 @@ final as (
         cast(coalesce(entries, 0) as bigint) as entries,
         cast(coalesce(exits, 0) as bigint) as exits,
         cast(readings as bigint) as readings,
-        cast(anomalies as bigint) as anomalies
+        cast(anomalies as bigint) as anomalies,
+        _refreshed_at
 
     from daily
 
