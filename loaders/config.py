@@ -24,12 +24,12 @@ PLUGIN_MODULE = "loaders.dbt_plugin"
 LOCAL_ENDPOINT = "local"
 
 
-def project_dir() -> Path:
+def project_dir(env: Mapping[str, str] | None = None) -> Path:
     """Return the project root: the folder holding ``dbt_project.yml``.
 
     ``ELT_PROJECT_DIR`` overrides it (tests point it at a copy of the project).
     """
-    override = os.environ.get("ELT_PROJECT_DIR")
+    override = (os.environ if env is None else env).get("ELT_PROJECT_DIR")
     return Path(override).resolve() if override else Path(__file__).resolve().parents[1]
 
 
@@ -141,8 +141,8 @@ def load_settings(target: str | None = None, env: Mapping[str, str] | None = Non
     Raises:
         ConfigError: profiles.yml missing, unknown target, or no plugin block.
     """
-    project = project_dir()
     env = dict(os.environ if env is None else env)
+    project = project_dir(env)
     home = resolve_home(env, project)
     env["ELT_HOME"] = str(home)
     if target:

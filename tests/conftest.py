@@ -35,7 +35,8 @@ class Elt:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ELT_", "AWS_"))}
-        env.update(ELT_HOME=str(self.home), **extra)
+        # The project these tests belong to (a mutated copy runs its own models).
+        env.update(ELT_HOME=str(self.home), ELT_PROJECT_DIR=str(PROJECT), **extra)
         return env
 
     def run(
@@ -58,7 +59,7 @@ class Elt:
 
     @property
     def settings(self) -> Settings:
-        return load_settings("dev", env={"ELT_HOME": str(self.home)})
+        return load_settings("dev", env=self.env())
 
     def s3(self) -> Any:
         settings = self.settings
