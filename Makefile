@@ -34,9 +34,15 @@ test: install lint
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check loaders tests
-	$(BIN)/ruff format --check loaders tests
+	$(BIN)/ruff check loaders tests bench
+	$(BIN)/ruff format --check loaders tests bench
 	$(BIN)/mypy loaders
+	$(BIN)/sqlfluff lint models tests/dbt
+
+# Generate and serve the dbt docs site on http://127.0.0.1:8080 (offline).
+docs: install
+	$(BIN)/dbt docs generate --profiles-dir .
+	$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port 8080 --no-browser
 
 down: install
 	$(BIN)/elt down

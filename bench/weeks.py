@@ -36,8 +36,9 @@ def shift_week(source: Path, days: int, target: Path) -> Path:
                 f"""
                 copy (
                     select * replace (
-                        strftime(strptime("DATE", '%m/%d/%Y') + interval {int(days)} day, '%m/%d/%Y')
-                            as "DATE"
+                        strftime(
+                            strptime("DATE", '%m/%d/%Y') + interval {int(days)} day, '%m/%d/%Y'
+                        ) as "DATE"
                     )
                     from read_csv(?, header = true, all_varchar = true)
                 ) to '{body}' (format csv, header false)

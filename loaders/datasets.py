@@ -80,10 +80,21 @@ def _dataset(source: dict[str, Any], table: dict[str, Any], path: Path) -> Datas
         tuple(normalise_name(part, 0) for part in str(entry).split("|"))
         for entry in meta.get("required_columns") or []
     )
+    columns = []
+    for column in table.get("columns") or []:
+        column_name = str(column["name"])
+        if column_name.startswith("_"):
+            continue  # lineage columns: written by the loader, documented in the YAML
+        if normalise_name(column_name, 0) != column_name:
+            raise ConfigError(
+                f"{path}: column {column_name!r} of {name} must be written normalised "
+                f"({normalise_name(column_name, 0)!r})"
+            )
+        columns.append(column_name)
     return Dataset(
         name=name,
         source=str(source["name"]),
-        columns=tuple(normalise_name(str(c["name"]), 0) for c in table.get("columns") or []),
+        columns=tuple(columns),
         required=required,
         delimiter=str(meta.get("delimiter", ",")),
     )

@@ -197,6 +197,8 @@ def _command(home: Path, ports: dict[str, int], identities: Path) -> list[str]:
         "-s3.port.lance=0",
         "-s3.iam=false",
         f"-s3.config={identities}",
+        # Like AWS S3: a PUT to a missing bucket fails instead of creating it.
+        "-s3.autoCreateBucket=false",
         # Each bucket is a collection with its own volumes: room for test buckets,
         # small volumes for a laptop disk.
         "-volume.max=64",

@@ -41,7 +41,9 @@ def publish_object(client: S3Client, bucket: str, candidate: str, final: str) ->
         )
         published = client.head_object(Bucket=bucket, Key=final)["ContentLength"]
     except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"publishing s3://{bucket}/{candidate} to {final} failed: {exc}") from exc
+        raise StorageError(
+            f"publishing s3://{bucket}/{candidate} to {final} failed: {exc}"
+        ) from exc
     if published != size:
         raise StorageError(f"s3://{bucket}/{final}: published {published} bytes, expected {size}")
     client.delete_object(Bucket=bucket, Key=candidate)
@@ -81,8 +83,7 @@ def register_functions(
         discard_object(client(), bucket, candidate)
         return candidate
 
-    for name, func, params, result in (
-        ("elt_publish_object", publish, [duckdb.sqltype("VARCHAR")] * 2, duckdb.sqltype("BIGINT")),
-        ("elt_discard_object", discard, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR")),
-    ):
-        conn.create_function(name, func, params, result, side_effects=True)
+    conn.create_function(
+        "elt_publish_object", publish, ["varchar", "varchar"], "bigint", side_effects=True
+    )
+    conn.create_function("elt_discard_object", discard, ["varchar"], "varchar", side_effects=True)

@@ -7,6 +7,7 @@ its own ports. The CLI runs as a subprocess, as a user would run it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -36,7 +37,8 @@ class Elt:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ELT_", "AWS_"))}
         # The project these tests belong to (a mutated copy runs its own models).
-        env.update(ELT_HOME=str(self.home), ELT_PROJECT_DIR=str(PROJECT), **extra)
+        env.update(ELT_HOME=str(self.home), ELT_PROJECT_DIR=str(PROJECT))
+        env.update(extra)
         return env
 
     def run(
@@ -82,6 +84,32 @@ class Elt:
         with urllib.request.urlopen(link, timeout=30) as response:
             assert response.status == 200
             return response.read()
+
+
+HEADER = ",CA,UNIT,SCP,STATION,LINENAME,DIVISION,DATE,TIME,DESC,ENTRIES,EXITS"
+
+
+def week_csv(
+    rows: int = 3, day: str = "01/01/2024", start: int = 1000, station: str = "59 ST"
+) -> bytes:
+    """A small turnstile file: turnstile A002-R051-02-00-00 read hourly from 00:00 on ``day``.
+
+    Entries count up by one per reading from ``start``; exits stay at 100.
+    """
+    lines = [HEADER] + [
+        f"{i},A002,R051,02-00-00,{station},NQR456W,BMT,{day},0{i}:00:00,REGULAR,{start + i},100"
+        for i in range(rows)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def project_copy(target: Path) -> Path:
+    """A copy of the dbt project (models, macros, seeds, profiles) to alter in a test."""
+    ignore = shutil.ignore_patterns(
+        ".venv", ".elt", ".git", "target", "logs", "__pycache__", "data"
+    )
+    shutil.copytree(PROJECT, target, ignore=ignore)
+    return target
 
 
 def started(home: Path) -> Elt:

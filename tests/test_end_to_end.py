@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import subprocess
 from datetime import date
+from pathlib import Path
 
+import duckdb
 import pytest
 
-from tests.conftest import SAMPLE_WEEKS, Elt
+from tests.conftest import BIN, PROJECT, SAMPLE_WEEKS, Elt
 
 HEADER = [
     "turnstile_id",
@@ -184,3 +188,61 @@ def test_uploading_the_same_week_again_loads_nothing(loaded: Elt) -> None:
     loaded.run("upload", str(SAMPLE_WEEKS[0]), "--dataset", "turnstile")
     again = loaded.run("run")
     assert "loaded 0 object(s), 0 row(s)" in again.stdout
+
+
+def dbt(elt: Elt, *args: str, target_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(BIN / "dbt"),
+            *args,
+            "--project-dir",
+            str(PROJECT),
+            "--profiles-dir",
+            str(PROJECT),
+            "--target-path",
+            str(target_path),
+            "--log-path",
+            str(target_path / "logs"),
+        ],
+        env=elt.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_docs_generate_and_every_model_and_column_is_described(loaded: Elt, tmp_path: Path) -> None:
+    proc = dbt(loaded, "docs", "generate", target_path=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    catalog = json.loads((tmp_path / "catalog.json").read_text())
+    assert "doc.elt_lake.__overview__" in manifest["docs"]
+    documented = {**manifest["nodes"], **manifest["sources"]}
+    tables = {**catalog["nodes"], **catalog["sources"]}
+    assert {
+        "model.elt_lake.turnstile_daily",
+        "seed.elt_lake.remote_booth_station",
+        "source.elt_lake.mta.turnstile",
+    } <= set(tables)
+    missing = []
+    for unique_id, table in tables.items():
+        node = documented[unique_id]
+        if not node["description"].strip():
+            missing.append(unique_id)
+        described = {name.lower(): c["description"].strip() for name, c in node["columns"].items()}
+        missing += [f"{unique_id}.{c}" for c in table["columns"] if not described.get(c.lower())]
+    assert missing == []
+    exposures = {e["name"] for e in manifest["exposures"].values()}
+    assert exposures == {"turnstile_daily_csv", "station_daily_csv"}
+
+
+def test_source_freshness_warns_after_8_days_errors_after_15(loaded: Elt, tmp_path: Path) -> None:
+    assert dbt(loaded, "source", "freshness", target_path=tmp_path).returncode == 0
+    with duckdb.connect(str(loaded.settings.warehouse_path)) as conn:
+        conn.execute("update raw.turnstile set _loaded_at = _loaded_at - interval 10 day")
+    warned = dbt(loaded, "source", "freshness", target_path=tmp_path)
+    assert warned.returncode == 0 and "WARN freshness of mta.turnstile" in warned.stdout
+    with duckdb.connect(str(loaded.settings.warehouse_path)) as conn:
+        conn.execute("update raw.turnstile set _loaded_at = _loaded_at - interval 6 day")
+    stale = dbt(loaded, "source", "freshness", target_path=tmp_path)
+    assert stale.returncode == 1 and "ERROR STALE freshness of mta.turnstile" in stale.stdout

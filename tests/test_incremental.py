@@ -17,6 +17,7 @@ from loaders import local_s3
 from tests.conftest import SAMPLE_WEEKS, Elt, started
 
 MARTS = ("turnstile_daily", "station_daily")
+HEADER = ",CA,UNIT,SCP,STATION,LINENAME,DIVISION,DATE,TIME,DESC,ENTRIES,EXITS\n"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,29 @@ def test_weeks_in_any_order_give_identical_csvs(elt: Elt, second: Elt, weeks: li
     # and cover the three weeks: 2023-12-30 .. 2024-01-19
     body = one_at_a_time["turnstile_daily"].decode()
     assert ",2023-12-30," in body and ",2024-01-19," in body and ",2024-01-20," not in body
+
+
+def test_a_reading_inside_a_built_day_rebuilds_the_whole_day(elt: Elt, second: Elt) -> None:
+    # GIVEN a correction adding one reading at 13:00 to a day already built
+    # (A002-R051-02-00-00 read 105683,76855 at 11:00 and 105796,76918 at 15:00)
+    correction = (
+        HEADER
+        + "0,A002,R051,02-00-00,59 ST,NQR456W,BMT,01/08/2024,13:00:00,RECOVR AUD,105700,76860\n"
+    )
+    for instance in (elt, second):
+        instance.put("raw/turnstile/240113_correction.csv", correction.encode())
+        instance.run("run")
+    incremental = exports(elt)
+    second.run("run", "--full-refresh")
+    # THEN the day has one more reading, and matches a full rebuild byte for byte
+    line = next(
+        ln
+        for ln in incremental["turnstile_daily"].decode().splitlines()
+        if ln.startswith("A002-R051-02-00-00,") and ",2024-01-08," in ln
+    )
+    # 03:00 -> 11:00 -> 13:00 -> 15:00 -> 19:00 -> 23:00, and 23:00 the day before
+    assert line.endswith(",6,0")
+    assert incremental == exports(second)
 
 
 def test_late_week_changes_the_first_delta_of_the_week_after(elt: Elt) -> None:

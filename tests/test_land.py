@@ -112,3 +112,37 @@ def test_undeclared_prefix_is_not_loaded(fresh: Elt) -> None:
     fresh.put("raw/unknown_dataset/w.csv", week(2))
     assert load(fresh) == ""
     assert fresh.query("select count(*) from elt.ledger") == [(0,)]
+
+
+def test_registry_reads_declared_columns_from_the_source_yaml() -> None:
+    from loaders.datasets import discover
+    from tests.conftest import PROJECT
+
+    turnstile = discover(PROJECT)["turnstile"]
+    assert turnstile.prefix == "raw/turnstile/"
+    assert turnstile.columns == (
+        "unnamed_1",
+        "ca",
+        "c_a",
+        "unit",
+        "scp",
+        "station",
+        "linename",
+        "division",
+        "date",
+        "time",
+        "desc",
+        "entries",
+        "exits",
+    )
+    assert turnstile.missing_columns({"c_a", "unit"}) == [
+        "scp",
+        "station",
+        "linename",
+        "division",
+        "date",
+        "time",
+        "desc",
+        "entries",
+        "exits",
+    ]

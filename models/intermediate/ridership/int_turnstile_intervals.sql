@@ -28,9 +28,11 @@ changed_turnstiles as (
 
     from readings
 
-    where _loaded_at > (
-        select coalesce(max(_loaded_at), '-infinity'::timestamptz) from {{ this }}
-    )
+    where
+        _loaded_at > (
+            select coalesce(max(built._loaded_at), cast('-infinity' as timestamptz))
+            from {{ this }} as built
+        )
 
     group by turnstile_id
 
@@ -50,7 +52,7 @@ anchors as (
     left join readings
         on
             changed_turnstiles.turnstile_id = readings.turnstile_id
-            and readings.reading_at < changed_turnstiles.changed_from
+            and changed_turnstiles.changed_from > readings.reading_at
 
     group by changed_turnstiles.turnstile_id, changed_turnstiles.changed_from
 
@@ -77,7 +79,7 @@ window_input as (
 
     select
         *,
-        null::timestamp as changed_from
+        cast(null as timestamp) as changed_from
 
     from readings
 

@@ -29,7 +29,8 @@ new_reading_keys as (
     from readings
 
     where _loaded_at > (
-        select coalesce(max(_loaded_at), '-infinity'::timestamptz) from {{ this }}
+        select coalesce(max(built._loaded_at), cast('-infinity' as timestamptz))
+        from {{ this }} as built
     )
 
 ),

@@ -27,7 +27,8 @@ changed_days as (
     from turnstile_days
 
     where _refreshed_at > (
-        select coalesce(max(_refreshed_at), '-infinity'::timestamptz) from {{ this }}
+        select coalesce(max(built._refreshed_at), cast('-infinity' as timestamptz))
+        from {{ this }} as built
     )
 
 ),

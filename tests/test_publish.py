@@ -1,0 +1,116 @@
+"""Write-audit-publish: a mart's CSV changes only when its build and tests pass."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HEADER, Elt, project_copy, week_csv
+
+TEXT_COLUMNS = (
+    "turnstile_id",
+    "control_area",
+    "remote_unit",
+    "scp",
+    "station",
+    "line_names",
+    "division",
+)
+
+
+def staged_candidates(elt: Elt) -> list[str]:
+    listing = elt.s3().list_objects_v2(Bucket="lake", Prefix="marts/_staging/")
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_empty_mart_publishes_a_header_only_csv(elt: Elt) -> None:
+    # GIVEN only a header-only file WHEN run THEN the marts publish their header alone
+    elt.put("raw/turnstile/000000_empty.csv", (HEADER + "\n").encode())
+    elt.run("run")
+    assert elt.download_mart("turnstile_daily") == (
+        b"turnstile_id,control_area,remote_unit,scp,station,line_names,division,"
+        b"service_date,entries,exits,readings,anomalies\n"
+    )
+    assert elt.download_mart("station_daily") == b"remote_unit,station,service_date,entries,exits\n"
+    assert staged_candidates(elt) == []
+
+
+@pytest.mark.parametrize(
+    ("day", "cell", "exported"),
+    [
+        ("02/01/2024", '"=HYPERLINK(""http://x"")"', '\'=HYPERLINK("http://x")'),
+        ("02/02/2024", "+1 ST", "'+1 ST"),
+        ("02/03/2024", "-1 ST", "'-1 ST"),
+        ("02/04/2024", "@HOME", "'@HOME"),
+        ("02/05/2024", '"\tTAB ST"', "'\tTAB ST"),
+        ("02/06/2024", "59 ST", "59 ST"),
+    ],
+    ids=["formula", "plus", "minus", "at", "tab", "plain"],
+)
+def test_formula_like_text_is_escaped_numbers_untouched(
+    elt: Elt, day: str, cell: str, exported: str
+) -> None:
+    # GIVEN a station name a spreadsheet would run, as written in the file, on a day of its own
+    key = f"raw/turnstile/1{day.replace('/', '')}_formula.csv"
+    elt.put(key, week_csv(3, day=day, station=cell, start=5000))
+    # WHEN published
+    elt.run("run")
+    rows = list(csv.DictReader(io.StringIO(elt.download_mart("turnstile_daily").decode())))
+    # THEN the name is kept behind a quote, every text cell is safe, numbers as they were
+    month, date_of_month, year = day.split("/")
+    (row,) = [r for r in rows if r["service_date"] == f"{year}-{month}-{date_of_month}"]
+    assert row["station"] == exported
+    assert (row["readings"], row["exits"]) == ("3", "0")
+    for any_row in rows:
+        for column in TEXT_COLUMNS:
+            assert not any_row[column].startswith(("=", "+", "-", "@", "\t", "\r")), any_row
+
+
+def test_failing_test_keeps_the_previous_csv(elt: Elt, tmp_path: Path) -> None:
+    # GIVEN published CSVs
+    elt.put("raw/turnstile/200000_a.csv", week_csv(3, day="03/02/2024", start=7000))
+    elt.run("run")
+    before = {m: elt.get(f"marts/{m}.csv") for m in ("turnstile_daily", "station_daily")}
+    # AND a project whose error-severity test on turnstile_daily fails
+    copy = project_copy(tmp_path / "project")
+    (copy / "tests" / "dbt" / "assert_always_fails.sql").write_text(
+        "select * from {{ ref('turnstile_daily') }} where entries >= 0\n"
+    )
+    # WHEN new data arrives and the run builds it
+    elt.put("raw/turnstile/200001_b.csv", week_csv(3, day="03/03/2024", start=7100))
+    proc = elt.run("run", check=False, ELT_PROJECT_DIR=str(copy))
+    # THEN the run fails naming the test, nothing is published, no candidate is left
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("elt: dbt build failed: test assert_always_fails: Got ")
+    )
+    assert {m: elt.get(f"marts/{m}.csv") for m in before} == before
+    assert staged_candidates(elt) == []
+    # AND the original project, tests passing, publishes the new day
+    elt.run("run")
+    assert b",2024-03-03," in elt.get("marts/turnstile_daily.csv")
+
+
+def test_failing_export_fails_the_run_and_keeps_the_previous_csv(elt: Elt, tmp_path: Path) -> None:
+    elt.run("run")
+    before = elt.get("marts/turnstile_daily.csv")
+    # GIVEN a project whose export cannot be written (a bucket that does not exist)
+    copy = project_copy(tmp_path / "project")
+    macro = copy / "macros" / "export_mart.sql"
+    macro.write_text(macro.read_text().replace("'s3://' ~ lake_bucket()", "'s3://no-such-bucket'"))
+    elt.put("raw/turnstile/300000_c.csv", week_csv(3, day="03/04/2024", start=7200))
+    # WHEN run
+    proc = elt.run("run", check=False, ELT_PROJECT_DIR=str(copy))
+    # THEN it fails on the dbt build step, and the published CSV is the previous one
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("elt: dbt build failed: model turnstile_daily")
+    )
+    assert elt.get("marts/turnstile_daily.csv") == before
