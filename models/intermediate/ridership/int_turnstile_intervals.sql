@@ -11,7 +11,7 @@ with
 
 readings as (
 
-    select * from {{ ref('int_turnstile_readings_deduplicated') }}
+    select * exclude (_refreshed_at) from {{ ref('int_turnstile_readings_deduplicated') }}
 
 ),
 
@@ -38,23 +38,76 @@ changed_turnstiles as (
 
 ),
 
+recent_readings as (
+
+    -- Readings of the week before the earliest change, where nearly every
+    -- anchor is: the join below then never touches older history.
+    select
+        turnstile_id,
+        reading_at
+
+    from readings
+
+    where
+        reading_at >= (
+            select min(changed_from) - interval 7 day from changed_turnstiles
+        )
+
+),
+
+recent_anchors as (
+
+    -- The reading just before each change, if it is at most a week older.
+    select
+        changed_turnstiles.turnstile_id,
+        changed_turnstiles.changed_from,
+        max(recent_readings.reading_at) as anchor_at
+
+    from changed_turnstiles
+
+    left join recent_readings
+        on
+            changed_turnstiles.turnstile_id = recent_readings.turnstile_id
+            and changed_turnstiles.changed_from > recent_readings.reading_at
+            and changed_turnstiles.changed_from - interval 7 day <= recent_readings.reading_at
+
+    group by changed_turnstiles.turnstile_id, changed_turnstiles.changed_from
+
+),
+
+older_anchors as (
+
+    -- Turnstiles silent for that week (or new): search their whole history.
+    select
+        recent_anchors.turnstile_id,
+        max(readings.reading_at) as anchor_at
+
+    from recent_anchors
+
+    inner join readings
+        on
+            recent_anchors.turnstile_id = readings.turnstile_id
+            and recent_anchors.changed_from > readings.reading_at
+
+    where recent_anchors.anchor_at is null
+
+    group by recent_anchors.turnstile_id
+
+),
+
 anchors as (
 
     -- The reading just before the change: the first recomputed delta diffs
     -- against it. In-order weeks cost one extra reading per turnstile.
     select
-        changed_turnstiles.turnstile_id,
-        changed_turnstiles.changed_from,
-        max(readings.reading_at) as anchor_at
+        recent_anchors.turnstile_id,
+        recent_anchors.changed_from,
+        coalesce(recent_anchors.anchor_at, older_anchors.anchor_at) as anchor_at
 
-    from changed_turnstiles
+    from recent_anchors
 
-    left join readings
-        on
-            changed_turnstiles.turnstile_id = readings.turnstile_id
-            and changed_turnstiles.changed_from > readings.reading_at
-
-    group by changed_turnstiles.turnstile_id, changed_turnstiles.changed_from
+    left join older_anchors
+        on recent_anchors.turnstile_id = older_anchors.turnstile_id
 
 ),
 
@@ -70,6 +123,12 @@ window_input as (
         on
             readings.turnstile_id = anchors.turnstile_id
             and readings.reading_at >= coalesce(anchors.anchor_at, anchors.changed_from)
+
+    -- Cheap prefilter before the join: nothing older than the oldest anchor.
+    where
+        readings.reading_at >= (
+            select min(coalesce(anchors.anchor_at, anchors.changed_from)) from anchors
+        )
 
 ),
 

@@ -17,35 +17,43 @@ readings as (
 
 {% if is_incremental() %}
 
-new_reading_keys as (
+new_readings as (
 
-    -- Turnstile times with a reading landed since the last build, from any
-    -- week, in any order. Readings that lose the de-duplication below leave
-    -- the watermark where it was; they are looked at again next time, harmlessly.
-    select distinct
-        turnstile_id,
-        reading_at
+    -- Readings landed since the last build, from any week, in any order.
+    select *
 
     from readings
 
-    where _loaded_at > (
-        select coalesce(max(built._loaded_at), cast('-infinity' as timestamptz))
-        from {{ this }} as built
-    )
+    where
+        _loaded_at > (
+            select coalesce(max(built._loaded_at), cast('-infinity' as timestamptz))
+            from {{ this }} as built
+        )
+
+),
+
+current_winners as (
+
+    -- The reading kept so far at each of those turnstile times: it already
+    -- beat every older reading there, so only it competes with the new ones.
+    select built.* exclude (_refreshed_at)
+
+    from {{ this }} as built
+
+    inner join (select distinct turnstile_id, reading_at from new_readings) as new_keys
+        on
+            built.turnstile_id = new_keys.turnstile_id
+            and built.reading_at = new_keys.reading_at
 
 ),
 
 candidates as (
 
-    -- Every reading at those keys, old and new: the winner is chosen again.
-    select readings.*
+    select * from new_readings
 
-    from readings
+    union all by name
 
-    inner join new_reading_keys
-        on
-            readings.turnstile_id = new_reading_keys.turnstile_id
-            and readings.reading_at = new_reading_keys.reading_at
+    select * from current_winners
 
 ),
 
@@ -82,7 +90,10 @@ ranked as (
 
 deduplicated as (
 
-    select * exclude (preference_rank)
+    select
+        * exclude (preference_rank),
+        -- When this row was (re)chosen: tests check the rows the last run wrote.
+        cast('{{ run_started_at }}' as timestamptz) as _refreshed_at
 
     from ranked
 
