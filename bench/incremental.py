@@ -44,7 +44,9 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=32, help="weeks loaded before the new one")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--data", type=Path, default=PROJECT / "bench" / "data" / "weeks")
-    parser.add_argument("--out", type=Path, default=PROJECT / "bench" / "results" / "incremental.json")
+    parser.add_argument(
+        "--out", type=Path, default=PROJECT / "bench" / "results" / "incremental.json"
+    )
     args = parser.parse_args()
 
     sources = sorted((PROJECT / "data" / "turnstile").glob("*.csv.gz"))
@@ -75,7 +77,9 @@ def main() -> None:
         "one_week_median_s": round(statistics.median(one_week), 2),
         "steady_median_s": round(statistics.median(steady), 2),
         "cold_build_s": round(cold, 2),
-        "ratio_steady_to_one_week": round(statistics.median(steady) / statistics.median(one_week), 2),
+        "ratio_steady_to_one_week": round(
+            statistics.median(steady) / statistics.median(one_week), 2
+        ),
         "one_week_runs_s": [round(x, 2) for x in one_week],
         "steady_runs_s": [round(x, 2) for x in steady],
     }

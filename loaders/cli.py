@@ -5,18 +5,29 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
 
-from loaders import local_s3, pipeline
+from loaders import land, local_s3, pipeline, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings, load_settings
 from loaders.errors import EltError
+from loaders.s3 import ObjectInfo
 
 app = typer.Typer(
     help="Land CSVs from S3 into DuckDB, build them with dbt, publish marts as CSV.",
@@ -40,7 +51,8 @@ def _reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except EltError as exc:
-            err.print(f"elt: {exc}", markup=False, highlight=False, soft_wrap=True)
+            for line in str(exc).splitlines():
+                err.print(f"elt: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -106,6 +118,28 @@ def upload(
         out.print(f"s3://{settings.lake.bucket}/{key}", markup=False, highlight=False)
 
 
+@contextmanager
+def _progress() -> Iterator[pipeline.OnObject]:
+    """A byte progress bar per object on a terminal; plain log lines otherwise."""
+    if not err.is_terminal:
+        yield lambda obj: None  # land.py logs each object as it finishes
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+
+        def on_object(obj: ObjectInfo) -> Callable[[int], None]:
+            task = progress.add_task(obj.key, total=obj.size)
+            return lambda size: progress.advance(task, size)
+
+        yield on_object
+
+
 @app.command()
 @_reports_errors
 def run(
@@ -113,23 +147,57 @@ def run(
     full_refresh: Annotated[
         bool, typer.Option("--full-refresh", help="Rebuild incremental models from all history.")
     ] = False,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for another run on this ELT_HOME.", min=0)
+    ] = 60.0,
 ) -> None:
     """Load new raw objects, dbt build, export the marts."""
     settings = _settings(target)
-    with err.status("landing raw objects...") as status:
-        report = pipeline.run(
-            settings,
-            on_object=lambda o: status.update(f"landing {o.key}"),
-            full_refresh=full_refresh,
-        )
+    with _progress() as on_object:
+        report = pipeline.run(settings, on_object=on_object, full_refresh=full_refresh, wait_s=wait)
     out.print(
-        f"loaded {len(report.loads)} object(s), {report.rows_loaded} row(s); "
-        f"dbt ran {len(report.dbt_nodes)} node(s); exported "
+        f"loaded {len(report.loads)} object(s), {report.rows_loaded} row(s), "
+        f"{report.rows_rejected} rejected; dbt ran {len(report.dbt_nodes)} node(s); exported "
         + ", ".join(f"{o.key} ({o.size} bytes)" for o in report.exports),
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+@_reports_errors
+def status(
+    limit: Annotated[int, typer.Option(help="How many object versions to list.", min=1)] = 20,
+    target: TargetOption = None,
+) -> None:
+    """List recent object versions: rows loaded/rejected, status, duration, failure reason."""
+    settings = _settings(target)
+    if not settings.warehouse_path.exists():
+        out.print("nothing loaded yet")
+        return
+    with warehouse.connect(settings.warehouse_path, None, wait_s=5) as conn:
+        land.ensure_tables(conn, [])
+        rows = land.recent(conn, limit)
+    columns = (
+        "key",
+        "etag",
+        "status",
+        "rows_in",
+        "rows_loaded",
+        "rows_rejected",
+        "seconds",
+        "error",
+    )
+    cells = [["" if row[c] is None else str(row[c]) for c in columns] for row in rows]
+    if not out.is_terminal:  # one tab-separated line per object version, for scripts
+        for line in [list(columns), *cells]:
+            out.print("\t".join(line), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(*columns)
+    for line in cells:
+        table.add_row(*line)
+    out.print(table)
 
 
 @app.command()

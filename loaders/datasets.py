@@ -1,4 +1,4 @@
-"""Datasets the loader lands, read from the dbt source YAML (the one registry).
+r"""Datasets the loader lands, read from the dbt source YAML (the one registry).
 
 A dataset is a table of a dbt source whose schema is ``raw`` and whose
 ``meta.elt`` block describes the files, for example::
@@ -11,17 +11,20 @@ A dataset is a table of a dbt source whose schema is ``raw`` and whose
             meta:
               elt:
                 required_columns: [ca|c_a, unit, scp]   # "a|b": either name
+                key_pattern: '\d{6}\.csv\.gz'       # optional: allowed file names
             columns:
               - name: ca                   # declared columns, as normalised names
+              - name: entries
+                data_type: bigint          # rows that cannot cast are quarantined
 
 Objects under ``raw/<name>/`` land into ``raw.<name>``; other prefixes are
-not datasets and are skipped.
+not datasets and are skipped with a warning.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,17 @@ import yaml
 from loaders.errors import ConfigError
 
 RAW_SCHEMA = "raw"
+SUPPORTED_SUFFIXES = (
+    ".csv",
+    ".csv.gz",
+    ".csv.zst",
+    ".jsonl",
+    ".jsonl.gz",
+    ".ndjson",
+    ".ndjson.gz",
+    ".parquet",
+)
+TEXT_TYPES = {"varchar", "text", "string"}
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
@@ -53,7 +67,11 @@ class Dataset:
         source: Name of the dbt source declaring it.
         columns: Declared column names (normalised), in YAML order.
         required: Required columns; each entry lists the accepted names.
-        delimiter: Field delimiter of the files.
+        delimiter: Field delimiter of CSV files.
+        key_pattern: Regular expression a file name (the key after the prefix)
+            must match in full; ``None`` allows any name with a supported suffix.
+        casts: Column -> SQL type, from the YAML's ``data_type`` (text types
+            left out): a value that does not cast sends its row to quarantine.
     """
 
     name: str
@@ -61,10 +79,23 @@ class Dataset:
     columns: tuple[str, ...]
     required: tuple[tuple[str, ...], ...]
     delimiter: str = ","
+    key_pattern: str | None = None
+    casts: dict[str, str] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
         return f"raw/{self.name}/"
+
+    def refusal(self, key: str) -> str | None:
+        """Why ``key`` may not be loaded into this dataset, or ``None`` if it may."""
+        name = key[len(self.prefix) :]
+        if not key.startswith(self.prefix) or "/" in name or not name:
+            return f"{key}: refused: objects must sit directly under {self.prefix}"
+        if not name.lower().endswith(SUPPORTED_SUFFIXES):
+            return f"{key}: refused: unsupported file type (use {', '.join(SUPPORTED_SUFFIXES)})"
+        if self.key_pattern and not re.fullmatch(self.key_pattern, name):
+            return f"{key}: refused: file name does not match key_pattern {self.key_pattern!r}"
+        return None
 
     def missing_columns(self, present: set[str]) -> list[str]:
         """Required entries with none of their names in ``present`` (``"a|b"`` form)."""
@@ -80,7 +111,7 @@ def _dataset(source: dict[str, Any], table: dict[str, Any], path: Path) -> Datas
         tuple(normalise_name(part, 0) for part in str(entry).split("|"))
         for entry in meta.get("required_columns") or []
     )
-    columns = []
+    columns, casts = [], {}
     for column in table.get("columns") or []:
         column_name = str(column["name"])
         if column_name.startswith("_"):
@@ -91,12 +122,21 @@ def _dataset(source: dict[str, Any], table: dict[str, Any], path: Path) -> Datas
                 f"({normalise_name(column_name, 0)!r})"
             )
         columns.append(column_name)
+        data_type = str(column.get("data_type") or "varchar").strip().lower()
+        if data_type not in TEXT_TYPES:
+            if not re.fullmatch(r"[a-z][a-z0-9_ ]*(\(\d+(, *\d+)?\))?", data_type):
+                raise ConfigError(
+                    f"{path}: column {column_name}: unsupported data_type {data_type!r}"
+                )
+            casts[column_name] = data_type
     return Dataset(
         name=name,
         source=str(source["name"]),
         columns=tuple(columns),
         required=required,
         delimiter=str(meta.get("delimiter", ",")),
+        key_pattern=str(meta["key_pattern"]) if meta.get("key_pattern") else None,
+        casts=casts,
     )
 
 

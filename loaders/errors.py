@@ -38,9 +38,12 @@ class BusyError(EltError):
 
 
 class StepError(EltError):
-    """A pipeline step (load, dbt build, export) failed; ``step`` names it."""
+    """A pipeline step (load, dbt build, export) failed; ``step`` names it.
 
-    def __init__(self, step: str, reason: str) -> None:
-        super().__init__(f"{step} failed: {reason}")
+    ``reasons`` holds one line per failure (one per failed object for ``load``).
+    """
+
+    def __init__(self, step: str, *reasons: str) -> None:
+        super().__init__("\n".join(f"{step} failed: {reason}" for reason in reasons))
         self.step = step
-        self.reason = reason
+        self.reasons = reasons

@@ -2,41 +2,50 @@
 
 Every column lands as text (no type sniffing: staging casts with explicit
 formats), matched to the table by its normalised header name, never by
-position. Each row carries lineage columns::
+position. Columns a file has that the source YAML does not declare are added
+to the table as text: nothing in a file is dropped. Each row carries lineage::
 
     _source_key         object key the row came from
     _source_etag        ETag of the object version read
-    _source_row_number  1-based data row number within the object
+    _source_row_number  1-based record number within the object
     _load_id            ledger id of the load that wrote it
-    _loaded_at          when that load committed (UTC)
+    _loaded_at          when that load started (UTC)
 
-The ledger ``elt.ledger`` has one row per object version attempted. The data
-and its ledger row are written in one DuckDB transaction, so an object is
-either wholly loaded and recorded, or not at all: a second run finds it in
-the ledger and loads nothing.
+``elt.ledger`` has one row per object version seen, with its sha256, status
+(``loaded``, ``failed``, ``duplicate``, ``refused``, ``superseded``), rows in,
+loaded and rejected, and timings. Rows that do not parse go to ``elt.rejects``
+with their line, error type, message and raw text. For each object the rows,
+the rejects and the ledger row are written in one DuckDB transaction: a crash
+at any point leaves either all of it or none of it, and the next run finishes
+the job. A new version of a key replaces the rows of the previous one in that
+same transaction; the ledger keeps both versions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
-import hashlib
 import io
 import logging
+import os
 import secrets
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
+import zstandard
 from botocore.exceptions import BotoCoreError, ClientError
 
 from loaders.datasets import RAW_SCHEMA, Dataset, normalise_name
 from loaders.errors import LoadError, StorageError
+from loaders.formats import PARQUET_MAGIC, ContentMeter, format_of
 from loaders.s3 import ObjectInfo, list_objects
 from loaders.warehouse import quote_identifier, sql_literal
 
@@ -46,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEDGER = "elt.ledger"
+REJECTS = "elt.rejects"
 LINEAGE_COLUMNS = (
     ("_source_key", "varchar"),
     ("_source_etag", "varchar"),
@@ -53,53 +63,138 @@ LINEAGE_COLUMNS = (
     ("_load_id", "varchar"),
     ("_loaded_at", "timestamptz"),
 )
+LEDGER_COLUMNS = (
+    ("load_id", "varchar primary key"),
+    ("dataset", "varchar not null"),
+    ("bucket", "varchar not null"),
+    ("key", "varchar not null"),
+    ("etag", "varchar not null"),
+    ("size_bytes", "bigint not null"),
+    ("sha256", "varchar"),
+    ("status", "varchar not null"),
+    ("rows_in", "bigint"),
+    ("rows_loaded", "bigint not null"),
+    ("rows_rejected", "bigint"),
+    ("error", "varchar"),
+    ("started_at", "timestamptz not null"),
+    ("finished_at", "timestamptz not null"),
+    ("download_seconds", "double"),
+    ("load_seconds", "double"),
+    ("superseded_by", "varchar"),
+)
+# Statuses that settle an object version: it is not tried again.
+SETTLED = ("loaded", "failed", "duplicate", "refused", "superseded")
 CHUNK = 8 * 2**20
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Fault injection for the crash tests: ELT_KILL_AT=<point> makes the process
+# SIGKILL itself there (tests/test_faults.py). Points: download, insert, commit.
+KILL_AT = os.environ.get("ELT_KILL_AT")
+MAX_HEADER_BYTES = 1 << 20
+JSON_DELIMITER = "\x1e"  # cannot occur raw in valid JSON text: one line, one field
 
 
 @dataclass(frozen=True)
 class LoadResult:
-    """Outcome of one object: ``status`` is ``loaded`` or ``failed``."""
+    """Outcome of one object version.
+
+    Attributes:
+        status: ``loaded``, ``failed`` (nothing kept), ``duplicate`` (same
+            bytes already loaded under another key) or ``refused`` (key not
+            allowed for the dataset).
+        rows_in: Records the object holds, counted apart from the parser.
+        rows_loaded: Rows now in ``raw.<dataset>``.
+        rows_rejected: Rows put in ``elt.rejects`` with their reason.
+        replaced: Load id of the previous version of the key this one replaced.
+    """
 
     load_id: str
     dataset: str
     key: str
     etag: str
     size: int
-    sha256: str
+    sha256: str | None
     status: str
+    rows_in: int
     rows_loaded: int
+    rows_rejected: int
     seconds: float
     error: str | None = None
+    replaced: str | None = None
+
+
+@dataclass
+class _Attempt:
+    """Mutable state of one load, turned into a ledger row and a LoadResult."""
+
+    dataset: Dataset
+    obj: ObjectInfo
+    load_id: str = field(default_factory=lambda: new_load_id())
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    clock: float = field(default_factory=time.monotonic)
+    sha256: str | None = None
+    status: str = "failed"
+    rows_in: int = 0
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    error: str | None = None
+    download_seconds: float = 0.0
+    replaced: str | None = None
+    # Line of the file holding row 1: 2 under a CSV header, 1 in JSON lines.
+    first_line: int = 2
+
+    def result(self) -> LoadResult:
+        return LoadResult(
+            load_id=self.load_id,
+            dataset=self.dataset.name,
+            key=self.obj.key,
+            etag=self.obj.etag,
+            size=self.obj.size,
+            sha256=self.sha256,
+            status=self.status,
+            rows_in=self.rows_in,
+            rows_loaded=self.rows_loaded,
+            rows_rejected=self.rows_rejected,
+            seconds=time.monotonic() - self.clock,
+            error=self.error,
+            replaced=self.replaced,
+        )
+
+
+def new_load_id() -> str:
+    """A sortable, unique load id: ``20240113T120000Z-3fa2c1``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset]) -> None:
-    """Create the ``raw`` and ``elt`` schemas, the ledger and each dataset's raw table."""
+    """Create the ``raw`` and ``elt`` schemas, ledger, rejects and raw tables (idempotent).
+
+    A ledger from an older version of the loader gains its new columns.
+    """
     conn.execute(f"create schema if not exists {RAW_SCHEMA}")
     conn.execute("create schema if not exists elt")
+    columns = ", ".join(f"{name} {kind}" for name, kind in LEDGER_COLUMNS)
+    conn.execute(f"create table if not exists {LEDGER} ({columns})")
+    for name, kind in LEDGER_COLUMNS[1:]:
+        base_type = kind.replace(" not null", "")
+        conn.execute(f"alter table {LEDGER} add column if not exists {name} {base_type}")
     conn.execute(
         f"""
-        create table if not exists {LEDGER} (
-            load_id varchar primary key,
+        create table if not exists {REJECTS} (
+            load_id varchar not null,
             dataset varchar not null,
-            bucket varchar not null,
             key varchar not null,
-            etag varchar not null,
-            size_bytes bigint not null,
-            sha256 varchar,
-            status varchar not null,
-            rows_loaded bigint not null,
-            error varchar,
-            started_at timestamptz not null,
-            finished_at timestamptz not null
+            line bigint,
+            column_name varchar,
+            error_type varchar not null,
+            message varchar not null,
+            raw_line varchar,
+            rejected_at timestamptz not null
         )
         """
     )
     for dataset in datasets:
-        columns = [f"{quote_identifier(c)} varchar" for c in dataset.columns]
-        columns += [f"{name} {kind}" for name, kind in LINEAGE_COLUMNS]
-        conn.execute(f"create table if not exists {_table(dataset)} ({', '.join(columns)})")
+        declared = [f"{quote_identifier(c)} varchar" for c in dataset.columns]
+        declared += [f"{name} {kind}" for name, kind in LINEAGE_COLUMNS]
+        conn.execute(f"create table if not exists {_table(dataset)} ({', '.join(declared)})")
 
 
 def _table(dataset: Dataset) -> str:
@@ -109,14 +204,15 @@ def _table(dataset: Dataset) -> str:
 def pending(
     conn: duckdb.DuckDBPyConnection, s3: S3Client, bucket: str, dataset: Dataset
 ) -> Iterator[ObjectInfo]:
-    """Objects under the dataset's prefix whose (key, ETag) the ledger has not seen.
+    """Objects under the dataset's prefix whose version (key, ETag) the ledger has not settled.
 
     Directory placeholder keys (ending in ``/``) are not objects to load.
     """
     seen = {
         (key, etag)
         for key, etag in conn.execute(
-            f"select key, etag from {LEDGER} where bucket = ? and dataset = ?",
+            f"select key, etag from {LEDGER} where bucket = ? and dataset = ? "
+            f"and status in {SETTLED}",
             [bucket, dataset.name],
         ).fetchall()
     }
@@ -125,136 +221,466 @@ def pending(
             yield obj
 
 
-def _download(s3: S3Client, bucket: str, obj: ObjectInfo, path: Path) -> str:
-    """Stream ``obj`` to ``path``; return the sha256 of its bytes.
+def _crash_point(name: str) -> None:
+    """Die here, as a crash would, when the crash tests ask for it."""
+    if name == KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _download(
+    s3: S3Client,
+    bucket: str,
+    obj: ObjectInfo,
+    path: Path,
+    meter: ContentMeter,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    """Stream ``obj`` to ``path``, feeding every chunk to ``meter``.
 
     ``IfMatch`` pins the version listed: if the key is overwritten meanwhile,
-    the read fails rather than mixing versions.
+    the read fails rather than mixing versions (the next run takes the new one).
+
+    Raises:
+        StorageError: the read failed; nothing is recorded, so it is retried.
     """
-    digest = hashlib.sha256()
     try:
         body = s3.get_object(Bucket=bucket, Key=obj.key, IfMatch=obj.etag)["Body"]
         with open(path, "wb") as out:
             for chunk in body.iter_chunks(CHUNK):
-                digest.update(chunk)
+                meter.update(chunk)
                 out.write(chunk)
-    except (ClientError, BotoCoreError) as exc:
+                _crash_point("download")
+                if on_bytes:
+                    on_bytes(len(chunk))
+    except (ClientError, BotoCoreError, OSError) as exc:
         raise StorageError(f"cannot read s3://{bucket}/{obj.key}: {exc}") from exc
-    return digest.hexdigest()
-
-
-def _compression(path: Path) -> str:
-    """DuckDB ``compression`` option from the file's magic bytes, not its name."""
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic.startswith(GZIP_MAGIC):
-        return "gzip"
-    if magic.startswith(ZSTD_MAGIC):
-        return "zstd"
-    return "none"
-
-
-def _header(path: Path, compression: str, key: str, delimiter: str) -> list[str]:
-    """The first CSV record of the file: its column names as written.
-
-    Raises:
-        LoadError: empty file, or a header that is not UTF-8 text.
-    """
-    if compression == "zstd":
-        raise LoadError(f"{key}: zstd-compressed CSV is not supported yet")
-    opener = gzip.open if compression == "gzip" else open
-    try:
-        with opener(path, "rb") as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-            row = next(csv.reader(text, delimiter=delimiter), None)
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
-        raise LoadError(f"{key}: line 1: unreadable header ({exc})") from exc
-    if not row:
-        raise LoadError(f"{key}: line 1: empty file, no header row")
-    return row
 
 
 def _column_names(header: list[str], key: str) -> list[str]:
     """Normalised names of the header cells.
 
     Raises:
-        LoadError: two header cells normalise to the same name.
+        LoadError: two header cells normalise to one name, or one would shadow
+            a lineage column.
     """
     names = [normalise_name(cell, i) for i, cell in enumerate(header, start=1)]
     seen: dict[str, int] = {}
     for i, name in enumerate(names, start=1):
         if name in seen:
-            raise LoadError(f"{key}: line 1: columns {seen[name]} and {i} both name {name!r}")
-        if name.startswith("_"):
-            raise LoadError(f"{key}: line 1, column {i}: {name!r} collides with lineage columns")
+            raise LoadError(f"{key}: line 1, columns {seen[name]} and {i}: both are named {name!r}")
         seen[name] = i
     return names
 
 
-def _existing_columns(conn: duckdb.DuckDBPyConnection, dataset: Dataset) -> set[str]:
-    rows = conn.execute(
-        "select column_name from duckdb_columns() where schema_name = ? and table_name = ?",
-        [RAW_SCHEMA, dataset.name],
-    ).fetchall()
-    return {r[0] for r in rows}
+def _csv_header(path: Path, compression: str, key: str, delimiter: str) -> list[str]:
+    """The header cells of a CSV file: its first line, decompressed as needed.
 
-
-def _insert(
-    conn: duckdb.DuckDBPyConnection,
-    dataset: Dataset,
-    obj: ObjectInfo,
-    path: Path,
-    names: list[str],
-    compression: str,
-    load_id: str,
-    loaded_at: datetime,
-) -> int:
-    """Insert the file's rows into ``raw.<dataset>``; return how many.
-
-    Columns unknown to the table (not declared in the source YAML) are added as
-    ``varchar`` so nothing in the file is dropped.
+    Raises:
+        LoadError: no first line, or one that is not UTF-8.
     """
-    existing = _existing_columns(conn, dataset)
+    try:
+        with contextlib.ExitStack() as stack:
+            raw: Any = stack.enter_context(open(path, "rb"))
+            if compression == "gzip":
+                raw = stack.enter_context(gzip.open(raw))
+            elif compression == "zstd":
+                reader = zstandard.ZstdDecompressor().stream_reader(raw)
+                raw = stack.enter_context(io.BufferedReader(reader))
+            first = raw.readline(MAX_HEADER_BYTES)
+        text = first.decode("utf-8-sig").rstrip("\r\n")
+        row = next(csv.reader([text], delimiter=delimiter), None)
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zstandard.ZstdError) as exc:
+        raise LoadError(f"{key}: line 1: unreadable header ({exc})") from exc
+    if not row:
+        raise LoadError(f"{key}: line 1: no header row")
+    return row
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _add_new_columns(
+    conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], key: str
+) -> None:
+    """Add columns the table does not have yet, as text (kept, never dropped)."""
+    existing = {
+        r[0]
+        for r in conn.execute(
+            "select column_name from duckdb_columns() where schema_name = ? and table_name = ?",
+            [RAW_SCHEMA, dataset.name],
+        ).fetchall()
+    }
     for name in names:
         if name not in existing:
-            log.warning("%s: new column %r added to %s", obj.key, name, _table(dataset))
+            log.warning("%s: new column %r added to %s", key, name, _table(dataset))
             conn.execute(
                 f"alter table {_table(dataset)} add column {quote_identifier(name)} varchar"
             )
+
+
+def _scan_csv(path: Path, names: list[str], dataset: Dataset, compression: str) -> str:
     positional = ", ".join(f"{sql_literal(f'c{i}')}: 'varchar'" for i in range(len(names)))
-    target = ", ".join(quote_identifier(n) for n in names)
-    source = ", ".join(f"c{i}" for i in range(len(names)))
-    read = (
+    return (
         f"read_csv({sql_literal(str(path))}, header = true, auto_detect = false, "
         f"columns = {{{positional}}}, delim = {sql_literal(dataset.delimiter)}, "
         f"quote = '\"', escape = '\"', compression = {sql_literal(compression)}, "
-        "strict_mode = true)"
+        "strict_mode = true, store_rejects = true, ignore_errors = true, "
+        "rejects_table = 'elt_reject_errors', rejects_scan = 'elt_reject_scans')"
     )
+
+
+def _land_csv(
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    path: Path,
+    compression: str,
+    has_quote: bool,
+) -> tuple[int, int]:
+    """Insert a CSV's good rows and quarantine its bad records.
+
+    Returns:
+        ``(lines the inserted rows span, lines the rejected records span)``.
+    """
+    dataset, obj = attempt.dataset, attempt.obj
+    header = _csv_header(path, compression, obj.key, dataset.delimiter)
+    names = _column_names(header, obj.key)
+    _check_required(dataset, names, obj.key)
+    _add_new_columns(conn, dataset, names, obj.key)
+    conn.execute("drop table if exists elt_reject_errors")
+    conn.execute("drop table if exists elt_reject_scans")
+    target = ", ".join(quote_identifier(n) for n in names)
+    source = ", ".join(f"c{i}" for i in range(len(names)))
     lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
     row = conn.execute(
         f"insert into {_table(dataset)} ({target}, {lineage}) "
-        f"select {source}, ?, ?, ordinality, ?, ? from {read} with ordinality",
-        [obj.key, obj.etag, load_id, loaded_at],
+        f"select {source}, ?, ?, ordinality, ?, ? "
+        f"from {_scan_csv(path, names, dataset, compression)} with ordinality",
+        [obj.key, obj.etag, attempt.load_id, attempt.started_at],
+    ).fetchone()
+    inserted = int(row[0]) if row else 0
+    # DuckDB keeps rejects in temporary tables: copy them within this transaction,
+    # one row per rejected record (a record can break several rules).
+    conn.execute(
+        f"""
+        insert into {REJECTS}
+        select
+            ?, ?, ?, line, arg_min(column_name, column_idx),
+            string_agg(distinct error_type, ', '),
+            arg_min(error_message, column_idx),
+            any_value(csv_line), ?
+        from elt_reject_errors
+        group by line
+        """,
+        [attempt.load_id, dataset.name, obj.key, attempt.started_at],
+    )
+    rejected, rejected_lines = _reject_counts(conn, attempt.load_id)
+    if rejected:
+        _renumber_rows(conn, attempt, inserted + rejected)
+    inserted_lines = inserted
+    if has_quote and inserted:
+        # A quoted field can span lines: add the line feeds inside inserted fields.
+        inserted_lines += _line_feeds_in_fields(conn, dataset, names, attempt.load_id)
+    attempt.rows_loaded = inserted
+    return inserted_lines, rejected_lines
+
+
+def _reject_counts(conn: duckdb.DuckDBPyConnection, load_id: str) -> tuple[int, int]:
+    """Rejected records of a load, and the non-blank lines they span."""
+    row = conn.execute(
+        f"""
+        select
+            count(*),
+            coalesce(sum(
+                1 + len(rtrim(coalesce(raw_line, ''), chr(10) || chr(13)))
+                - len(replace(rtrim(coalesce(raw_line, ''), chr(10) || chr(13)), chr(10), ''))
+            ), 0)
+        from {REJECTS}
+        where load_id = ?
+        """,
+        [load_id],
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _line_feeds_in_fields(
+    conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], load_id: str
+) -> int:
+    quoted = [quote_identifier(n) for n in names]
+    feeds = " + ".join(f"coalesce(len({q}) - len(replace({q}, chr(10), '')), 0)" for q in quoted)
+    row = conn.execute(
+        f"select coalesce(sum({feeds}), 0) from {_table(dataset)} where _load_id = ?", [load_id]
     ).fetchone()
     return int(row[0]) if row else 0
 
 
-def _csv_error(key: str, exc: duckdb.Error) -> str:
-    """One readable line from a DuckDB CSV error: file, line, what was wrong."""
-    text = str(exc)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    original = next((ln for ln in text.splitlines() if ln.startswith("Original Line")), None)
-    detail = next(
-        (ln.strip() for ln in text.splitlines() if ln.startswith(("Expected", "Error when"))),
-        None,
+def _renumber_rows(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, records: int) -> None:
+    """Set ``_source_row_number`` to the record number when records were rejected.
+
+    The scan numbers the rows it returns; with rejects, the n-th returned row is
+    the n-th record that was not rejected (DuckDB's reject ``line`` counts the
+    header as line 1).
+    """
+    conn.execute(
+        f"""
+        update {_table(attempt.dataset)} as landed
+        set _source_row_number = kept.record_number
+        from (
+            select
+                row_number() over (order by record_number) as returned_number,
+                record_number
+            from range(1, ? + 1) as records (record_number)
+            where record_number not in (
+                select line - 1 from {REJECTS} where load_id = ?
+            )
+        ) as kept
+        where landed._load_id = ? and landed._source_row_number = kept.returned_number
+        """,
+        [records, attempt.load_id, attempt.load_id],
     )
-    parts = [f"{key}: {first}"] + [p for p in (detail, original) if p]
-    return " | ".join(parts)
 
 
-def new_load_id() -> str:
-    """A sortable, unique load id: ``20240113T120000Z-3fa2c1``."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+def _check_required(dataset: Dataset, names: list[str], key: str) -> None:
+    missing = dataset.missing_columns(set(names))
+    if missing:
+        raise LoadError(f"{key}: line 1: missing required column(s) {', '.join(missing)}")
+
+
+def _land_jsonl(
+    conn: duckdb.DuckDBPyConnection, attempt: _Attempt, path: Path, compression: str
+) -> tuple[int, int]:
+    """Insert JSON-lines objects by key; lines that are not a JSON object are quarantined.
+
+    Every line is read as one text field (the delimiter, a raw 0x1E byte, cannot
+    occur in valid JSON), so a bad line is known by its number and text.
+
+    Returns:
+        ``(lines inserted, lines rejected)``.
+    """
+    dataset, obj = attempt.dataset, attempt.obj
+    conn.execute(
+        "create or replace temp table elt_json_lines as "
+        "select ordinality as line_number, line "
+        f"from read_csv({sql_literal(str(path))}, header = false, auto_detect = false, "
+        f"columns = {{'line': 'varchar'}}, delim = {sql_literal(JSON_DELIMITER)}, "
+        f"quote = '', escape = '', compression = {sql_literal(compression)}) with ordinality "
+        "where trim(line) != ''"
+    )
+    is_object = "coalesce(json_valid(line) and json_type(line) = 'OBJECT', false)"
+    conn.execute(
+        f"""
+        insert into {REJECTS}
+        select
+            ?, ?, ?, line_number, null,
+            case when json_valid(line) then 'NOT AN OBJECT' else 'INVALID JSON' end,
+            case when json_valid(line) then 'the line is JSON but not an object'
+                else 'the line is not valid JSON' end,
+            line, ?
+        from elt_json_lines
+        where not {is_object}
+        """,
+        [attempt.load_id, dataset.name, obj.key, attempt.started_at],
+    )
+    conn.execute(f"delete from elt_json_lines where not {is_object}")
+    keys = [
+        r[0]
+        for r in conn.execute(
+            "select distinct unnest(json_keys(line)) as k from elt_json_lines order by k"
+        ).fetchall()
+    ]
+    names = _column_names(keys, obj.key)
+    _check_required(dataset, names, obj.key)
+    _add_new_columns(conn, dataset, names, obj.key)
+    # JSON path of each key, quoted: keys can hold any character.
+    paths = ['$."' + k.replace("\\", "\\\\").replace('"', '\\"') + '"' for k in keys]
+    extracted = "".join(f"json_extract_string(line, {sql_literal(p)}), " for p in paths)
+    target = "".join(f"{quote_identifier(n)}, " for n in names)
+    lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
+    row = conn.execute(
+        f"insert into {_table(dataset)} ({target}{lineage}) "
+        f"select {extracted}?, ?, line_number, ?, ? from elt_json_lines",
+        [obj.key, obj.etag, attempt.load_id, attempt.started_at],
+    ).fetchone()
+    conn.execute("drop table elt_json_lines")
+    attempt.rows_loaded = int(row[0]) if row else 0
+    return attempt.rows_loaded, _reject_counts(conn, attempt.load_id)[1]
+
+
+def _land_parquet(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, path: Path) -> int:
+    """Insert a Parquet file's rows, every column cast to text.
+
+    Returns:
+        The rows the file's footer says it holds (the independent count).
+    """
+    dataset, obj = attempt.dataset, attempt.obj
+    literal = sql_literal(str(path))
+    try:
+        footer = conn.execute(
+            f"select coalesce(sum(num_rows), 0) from parquet_file_metadata({literal})"
+        ).fetchone()
+        columns = [
+            r[0] for r in conn.execute(f"describe select * from read_parquet({literal})").fetchall()
+        ]
+    except duckdb.Error as exc:
+        raise LoadError(f"{obj.key}: not a readable Parquet file ({_first_line(exc)})") from exc
+    names = _column_names(columns, obj.key)
+    _check_required(dataset, names, obj.key)
+    _add_new_columns(conn, dataset, names, obj.key)
+    target = "".join(f"{quote_identifier(n)}, " for n in names)
+    source = "".join(f"cast({quote_identifier(c)} as varchar), " for c in columns)
+    lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
+    row = conn.execute(
+        f"insert into {_table(dataset)} ({target}{lineage}) "
+        f"select {source}?, ?, file_row_number + 1, ?, ? "
+        f"from read_parquet({literal}, file_row_number = true)",
+        [obj.key, obj.etag, attempt.load_id, attempt.started_at],
+    ).fetchone()
+    attempt.rows_loaded = int(row[0]) if row else 0
+    return int(footer[0]) if footer else 0
+
+
+def _reject_uncastable(conn: duckdb.DuckDBPyConnection, attempt: _Attempt) -> None:
+    """Move rows with a value that cannot be cast to its contract type to the quarantine.
+
+    Source YAML columns with a ``data_type`` other than text are checked with
+    ``try_cast``: the value stays text in ``raw``, but a row staging could not
+    cast is refused here, naming its column and value, instead of failing dbt.
+    """
+    dataset = attempt.dataset
+    for column, data_type in dataset.casts.items():
+        quoted = quote_identifier(column)
+        bad = (
+            f"_load_id = ? and {quoted} is not null "
+            f"and try_cast(trim({quoted}) as {data_type}) is null"
+        )
+        conn.execute(
+            f"""
+            insert into {REJECTS}
+            select
+                ?, ?, _source_key, _source_row_number + ?, ?, 'CAST ERROR',
+                'column ' || ? || ': ' || {quoted} || ' is not a {data_type}',
+                null, ?
+            from {_table(dataset)}
+            where {bad}
+            """,
+            [
+                attempt.load_id,
+                dataset.name,
+                attempt.first_line - 1,
+                column,
+                column,
+                attempt.started_at,
+                attempt.load_id,
+            ],
+        )
+        row = conn.execute(
+            f"delete from {_table(dataset)} where {bad}", [attempt.load_id]
+        ).fetchone()
+        attempt.rows_loaded -= int(row[0]) if row else 0
+
+
+def _replace_previous(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, bucket: str) -> None:
+    """Delete the rows of the key's previously loaded version and mark it superseded."""
+    previous = conn.execute(
+        f"select load_id from {LEDGER} where bucket = ? and key = ? and status = 'loaded'",
+        [bucket, attempt.obj.key],
+    ).fetchall()
+    for (load_id,) in previous:
+        conn.execute(f"delete from {_table(attempt.dataset)} where _load_id = ?", [load_id])
+        conn.execute(
+            f"update {LEDGER} set status = 'superseded', superseded_by = ? where load_id = ?",
+            [attempt.load_id, load_id],
+        )
+        attempt.replaced = load_id
+
+
+def _record(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, bucket: str) -> None:
+    """Insert the attempt's ledger row (inside the caller's transaction)."""
+    values = {
+        "load_id": attempt.load_id,
+        "dataset": attempt.dataset.name,
+        "bucket": bucket,
+        "key": attempt.obj.key,
+        "etag": attempt.obj.etag,
+        "size_bytes": attempt.obj.size,
+        "sha256": attempt.sha256,
+        "status": attempt.status,
+        "rows_in": attempt.rows_in,
+        "rows_loaded": attempt.rows_loaded,
+        "rows_rejected": attempt.rows_rejected,
+        "error": attempt.error,
+        "started_at": attempt.started_at,
+        "finished_at": datetime.now(UTC),
+        "download_seconds": attempt.download_seconds,
+        "load_seconds": time.monotonic() - attempt.clock - attempt.download_seconds,
+        "superseded_by": None,
+    }
+    marks = ", ".join("?" for _ in values)
+    conn.execute(
+        f"insert into {LEDGER} ({', '.join(values)}) values ({marks})", list(values.values())
+    )
+
+
+def _duplicate_of(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, bucket: str) -> str | None:
+    """Another key whose loaded version has these very bytes, if any."""
+    row = conn.execute(
+        f"select key from {LEDGER} where bucket = ? and dataset = ? and sha256 = ? "
+        "and status = 'loaded' and key != ? order by started_at limit 1",
+        [bucket, attempt.dataset.name, attempt.sha256, attempt.obj.key],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _settle(
+    conn: duckdb.DuckDBPyConnection, attempt: _Attempt, bucket: str, status: str, error: str
+) -> LoadResult:
+    """Record a version that loads nothing (refused, duplicate) in its own transaction."""
+    attempt.status, attempt.error = status, error
+    conn.execute("begin transaction")
+    _record(conn, attempt, bucket)
+    conn.execute("commit")
+    log.warning("%s %s: %s", status, attempt.obj.key, error)
+    return attempt.result()
+
+
+def _land(
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    bucket: str,
+    path: Path,
+    meter: ContentMeter,
+    fmt: str,
+) -> None:
+    """Everything of one object inside the open transaction; raises LoadError to fail it."""
+    obj = attempt.obj
+    try:
+        _, lines, has_quote = meter.finish()
+    except LoadError as exc:
+        raise LoadError(f"{obj.key}: {exc}") from exc
+    if meter.size == 0:
+        raise LoadError(f"{obj.key}: empty object (0 bytes)")
+    _replace_previous(conn, attempt, bucket)
+    if fmt == "parquet":
+        if not meter.head.startswith(PARQUET_MAGIC):
+            raise LoadError(f"{obj.key}: not a Parquet file (no PAR1 magic bytes)")
+        attempt.first_line = 1
+        attempt.rows_in = _land_parquet(conn, attempt, path)
+        seen = attempt.rows_loaded
+    elif fmt == "jsonl":
+        attempt.rows_in, attempt.first_line = lines, 1
+        seen = sum(_land_jsonl(conn, attempt, path, meter.compression))
+    else:
+        attempt.rows_in = max(lines - 1, 0)  # the header line holds no row
+        seen = sum(_land_csv(conn, attempt, path, meter.compression, has_quote))
+    if seen != attempt.rows_in:
+        raise LoadError(
+            f"{obj.key}: reconciliation failed: {attempt.rows_in} row(s) in the file, "
+            f"{seen} loaded or rejected"
+        )
+    _reject_uncastable(conn, attempt)
+    attempt.rows_rejected = _reject_counts(conn, attempt.load_id)[0]
+    attempt.status = "loaded"
 
 
 def land_object(
@@ -264,86 +690,105 @@ def land_object(
     dataset: Dataset,
     obj: ObjectInfo,
     workdir: Path,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> LoadResult:
-    """Land one object, or record why it could not be landed.
+    """Land one object version, or record why not.
 
-    The object is streamed to a temporary file under ``workdir`` (and hashed),
-    its header checked against the dataset's required columns, then its rows
-    and a ledger row are inserted in one transaction.
+    Refuses a key the dataset does not allow; streams the object to a
+    temporary file under ``workdir`` while hashing it and counting its lines;
+    skips it as a duplicate if the same bytes are loaded under another key;
+    then, in one transaction, replaces the key's previous version, inserts the
+    good rows, quarantines the bad ones, reconciles
+    ``rows in = loaded + rejected`` and writes the ledger row.
 
     Returns:
-        A ``LoadResult``: ``loaded`` with the row count, or ``failed`` with the
-        reason (bad header, unparseable row with its line number, ...). A failed
-        object leaves no rows behind; its ledger row keeps it from being retried
-        until a new version is uploaded.
+        A ``LoadResult``. ``failed`` means nothing of the object was kept; its
+        ledger row keeps it from being tried again until a new version arrives.
 
     Raises:
         StorageError: the object could not be read from S3 (nothing recorded,
             so the next run tries again).
     """
-    load_id = new_load_id()
-    started_at = datetime.now(UTC)
-    clock = time.monotonic()
+    attempt = _Attempt(dataset=dataset, obj=obj)
+    refusal = dataset.refusal(obj.key)
+    if refusal:
+        return _settle(conn, attempt, bucket, "refused", refusal)
+    fmt = format_of(obj.key) or "csv"
+    meter = ContentMeter(text=fmt != "parquet")
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "object"
-        sha256 = _download(s3, bucket, obj, path)
-        rows, error = 0, None
+        clock = time.monotonic()
+        corrupt: LoadError | None = None
+        try:
+            _download(s3, bucket, obj, path, meter, on_bytes)
+        except LoadError as exc:  # a corrupt compressed stream fails the object
+            corrupt = LoadError(f"{obj.key}: {exc}")
+        attempt.download_seconds = time.monotonic() - clock
+        attempt.sha256 = meter.sha256.hexdigest()
+        duplicate = _duplicate_of(conn, attempt, bucket)
+        if duplicate:
+            return _settle(conn, attempt, bucket, "duplicate", f"same bytes as {duplicate}")
         conn.execute("begin transaction")
         try:
-            compression = _compression(path)
-            names = _column_names(_header(path, compression, obj.key, dataset.delimiter), obj.key)
-            missing = dataset.missing_columns(set(names))
-            if missing:
-                raise LoadError(
-                    f"{obj.key}: line 1: missing required column(s) {', '.join(missing)}"
-                )
-            rows = _insert(conn, dataset, obj, path, names, compression, load_id, started_at)
+            if corrupt:
+                raise corrupt
+            _land(conn, attempt, bucket, path, meter, fmt)
+            _record(conn, attempt, bucket)
+            _crash_point("insert")
+            conn.execute("commit")
+            _crash_point("commit")
         except (LoadError, duckdb.Error) as exc:
             # DuckDB keeps a transaction open after some errors: always roll back.
             conn.execute("rollback")
-            error = str(exc) if isinstance(exc, LoadError) else _csv_error(obj.key, exc)
-            rows = 0
+            attempt.error = str(exc) if isinstance(exc, LoadError) else _duckdb_error(obj.key, exc)
+            attempt.status, attempt.rows_loaded, attempt.rows_rejected = "failed", 0, 0
+            attempt.replaced = None
             conn.execute("begin transaction")
+            _record(conn, attempt, bucket)
+            conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
-        status = "failed" if error else "loaded"
-        conn.execute(
-            f"insert into {LEDGER} values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                load_id,
-                dataset.name,
-                bucket,
-                obj.key,
-                obj.etag,
-                obj.size,
-                sha256,
-                status,
-                rows,
-                error,
-                started_at,
-                datetime.now(UTC),
-            ],
-        )
-        conn.execute("commit")
-    result = LoadResult(
-        load_id=load_id,
-        dataset=dataset.name,
-        key=obj.key,
-        etag=obj.etag,
-        size=obj.size,
-        sha256=sha256,
-        status=status,
-        rows_loaded=rows,
-        seconds=time.monotonic() - clock,
-        error=error,
-    )
-    if error:
-        log.error("failed to load %s: %s", obj.key, error)
+    result = attempt.result()
+    if result.error:
+        log.error("failed to load %s", result.error)
     else:
-        log.info("loaded %s: %d rows in %.1fs", obj.key, rows, result.seconds)
+        log.info(
+            "loaded %s: %d rows, %d rejected, in %.1fs",
+            obj.key,
+            result.rows_loaded,
+            result.rows_rejected,
+            result.seconds,
+        )
     return result
+
+
+def _duckdb_error(key: str, exc: duckdb.Error) -> str:
+    """One readable line from a DuckDB error: the object, and what was wrong where."""
+    parts = [f"{key}: {_first_line(exc)}"]
+    parts += [
+        ln.strip()
+        for ln in str(exc).splitlines()
+        if ln.startswith(("Expected", "Error when", "Original Line"))
+    ]
+    return " | ".join(parts)
+
+
+def undeclared_prefixes(s3: S3Client, bucket: str, datasets: dict[str, Dataset]) -> list[str]:
+    """Prefixes under ``raw/`` that no source declares (their objects are never loaded)."""
+    found = set()
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix="raw/", Delimiter="/"
+        )
+        for page in pages:
+            for prefix in page.get("CommonPrefixes", []):
+                if prefix["Prefix"][len("raw/") : -1] not in datasets:
+                    found.add(prefix["Prefix"])
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot list s3://{bucket}/raw/: {exc}") from exc
+    return sorted(found)
 
 
 def land_all(
@@ -352,9 +797,9 @@ def land_all(
     bucket: str,
     datasets: dict[str, Dataset],
     workdir: Path,
-    on_object: Callable[[ObjectInfo], None] | None = None,
+    on_object: Callable[[ObjectInfo], Callable[[int], None] | None] | None = None,
 ) -> list[LoadResult]:
-    """Land every pending object of every dataset, oldest key first.
+    """Land every pending object version of every dataset, in key order.
 
     Args:
         conn: Read-write connection to the warehouse.
@@ -362,19 +807,65 @@ def land_all(
         bucket: Bucket holding ``raw/<dataset>/`` prefixes.
         datasets: Registry from :func:`loaders.datasets.discover`.
         workdir: Where objects are staged while loading (under ``$ELT_HOME``).
-        on_object: Called before each object is landed (progress reporting).
+        on_object: Called before each object; may return a callback that is
+            fed the size of each chunk read (progress bars).
 
     Returns:
-        One ``LoadResult`` per object attempted; empty when nothing was new.
+        One ``LoadResult`` per object version attempted; empty when nothing was new.
 
     Raises:
         StorageError: listing or reading from S3 failed.
     """
     ensure_tables(conn, datasets.values())
+    for prefix in undeclared_prefixes(s3, bucket, datasets):
+        log.warning("s3://%s/%s: no dbt source declares this dataset; skipped", bucket, prefix)
     results = []
     for dataset in datasets.values():
         for obj in sorted(pending(conn, s3, bucket, dataset), key=lambda o: o.key):
-            if on_object:
-                on_object(obj)
-            results.append(land_object(conn, s3, bucket, dataset, obj, workdir))
+            on_bytes = on_object(obj) if on_object else None
+            results.append(land_object(conn, s3, bucket, dataset, obj, workdir, on_bytes))
     return results
+
+
+def recent(conn: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dict[str, object]]:
+    """The latest ledger rows, newest first (what ``elt status`` shows)."""
+    cursor = conn.execute(
+        f"select key, etag, status, rows_in, rows_loaded, rows_rejected, "
+        f"round(coalesce(download_seconds, 0) + coalesce(load_seconds, 0), 2) as seconds, "
+        f"error, started_at from {LEDGER} order by started_at desc limit ?",
+        [limit],
+    )
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+CSV_SAFE = "case when regexp_matches({c}, '^[=+\\-@\\t\\r]') then '''' || {c} else {c} end"
+
+
+def export_rejects(conn: duckdb.DuckDBPyConnection, bucket: str, dataset: Dataset) -> str:
+    """Write the dataset's rejects to ``s3://<bucket>/marts/_rejects/<dataset>.csv``.
+
+    Lists rejects of the object versions currently loaded (a replaced version's
+    rejects go with it); text a spreadsheet would run is escaped with a quote.
+
+    Returns:
+        The key written.
+    """
+    key = f"marts/_rejects/{dataset.name}.csv"
+    text = ", ".join(
+        CSV_SAFE.format(c=f"rejects.{c}") + f" as {c}"
+        for c in ("key", "column_name", "error_type", "message", "raw_line")
+    )
+    conn.execute(
+        f"""
+        copy (
+            select rejects.load_id, {text}, rejects.line, rejects.rejected_at
+            from {REJECTS} as rejects
+            inner join {LEDGER} as ledger on rejects.load_id = ledger.load_id
+            where rejects.dataset = ? and ledger.status = 'loaded'
+            order by rejects.key, rejects.line
+        ) to {sql_literal(f"s3://{bucket}/{key}")} (format csv, header true)
+        """,
+        [dataset.name],
+    )
+    return key

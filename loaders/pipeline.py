@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from loaders import s3 as s3_mod
 from loaders import warehouse
 from loaders.config import Settings
 from loaders.errors import EltError, StepError, StorageError
-from loaders.land import LoadResult, land_all
+from loaders.land import LoadResult, export_rejects, land_all
+from loaders.lock import exclusive
 from loaders.s3 import MARTS_PREFIX, ObjectInfo
 
 if TYPE_CHECKING:
@@ -47,14 +49,21 @@ class RunReport:
         return sum(r.rows_loaded for r in self.loads)
 
     @property
+    def rows_rejected(self) -> int:
+        return sum(r.rows_rejected for r in self.loads)
+
+    @property
     def failed_loads(self) -> list[LoadResult]:
         return [r for r in self.loads if r.status == "failed"]
 
 
-def load(
-    settings: Settings, s3: S3Client, on_object: Callable[[ObjectInfo], None] | None = None
-) -> list[LoadResult]:
-    """Land every new object under ``raw/<dataset>/`` for each declared dataset.
+OnObject = Callable[[ObjectInfo], Callable[[int], None] | None]
+
+
+def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) -> list[LoadResult]:
+    """Land every new object version under ``raw/<dataset>/`` of each declared dataset.
+
+    Then writes each touched dataset's quarantine to ``marts/_rejects/<dataset>.csv``.
 
     Raises:
         StorageError, BusyError, ConfigError: listing/reading S3 failed, the
@@ -63,7 +72,12 @@ def load(
     registry = datasets_mod.discover(settings.project_dir)
     connection = s3_mod.connection(settings.lake, settings.home)
     with warehouse.connect(settings.warehouse_path, connection) as conn:
-        return land_all(conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object)
+        results = land_all(
+            conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object
+        )
+        for name in sorted({r.dataset for r in results}):
+            export_rejects(conn, settings.lake.bucket, registry[name])
+    return results
 
 
 @contextmanager
@@ -178,29 +192,40 @@ def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[
 
 def run(
     settings: Settings,
-    on_object: Callable[[ObjectInfo], None] | None = None,
+    on_object: OnObject | None = None,
     full_refresh: bool = False,
+    wait_s: float = 60.0,
 ) -> RunReport:
     """Load new objects, build and test with dbt, and list the exports.
 
-    Objects that fail to load are recorded and reported, but do not stop the
-    others or the build; the run then fails on the load step at the end.
+    One run at a time per state directory: a second one waits up to ``wait_s``
+    seconds, then gives up (``BusyError``). Objects that fail to load are
+    recorded and reported, but do not stop the others or the build; the run
+    then fails on the load step, one line per failed object. When a new
+    version of a key replaced earlier rows, incremental models are rebuilt
+    from all history (they only see added rows, not removed ones).
 
     Raises:
+        BusyError: another run holds the state directory.
         StepError: the step that failed (``load``, ``dbt build`` or ``export``).
     """
     report = RunReport()
-    s3 = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
-    try:
-        report.loads = load(settings, s3, on_object)
-    except EltError as exc:
-        raise StepError("load", str(exc)) from exc
-    report.dbt_nodes, exporting = build(settings, full_refresh)
-    try:
-        report.exports = exported_marts(settings, s3, exporting)
-    except EltError as exc:
-        raise StepError("export", str(exc)) from exc
+    with exclusive(settings.home, wait_s):
+        # Objects staged by a run that was killed: no one else can be using them.
+        shutil.rmtree(settings.home / "tmp", ignore_errors=True)
+        s3 = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
+        try:
+            report.loads = load(settings, s3, on_object)
+        except EltError as exc:
+            raise StepError("load", str(exc)) from exc
+        replaced = any(r.replaced for r in report.loads)
+        if replaced:
+            log.info("a key got a new version: rebuilding incremental models in full")
+        report.dbt_nodes, exporting = build(settings, full_refresh or replaced)
+        try:
+            report.exports = exported_marts(settings, s3, exporting)
+        except EltError as exc:
+            raise StepError("export", str(exc)) from exc
     if report.failed_loads:
-        lines = "; ".join(f"{r.error}" for r in report.failed_loads)
-        raise StepError("load", f"{len(report.failed_loads)} object(s) failed: {lines}")
+        raise StepError("load", *(r.error or r.key for r in report.failed_loads))
     return report

@@ -1,25 +1,25 @@
-"""Landing objects into raw.<dataset>: header variants, lineage, bad input, exactly once."""
+"""Landing objects into raw.<dataset>: any format, exactly once, bad rows quarantined."""
 
 from __future__ import annotations
 
 import gzip
+import io
+import json
 
+import duckdb
 import pytest
+import zstandard
 
-from tests.conftest import Elt
+from loaders import pipeline
+from loaders.datasets import Dataset, discover
+from tests.conftest import HEADER, PROJECT, Elt, week_csv
 
-HEADER = ",CA,UNIT,SCP,STATION,LINENAME,DIVISION,DATE,TIME,DESC,ENTRIES,EXITS"
-ROW = "{i},A002,R051,02-00-00,59 ST,NQR456W,BMT,01/0{d}/2024,03:00:00,REGULAR,{e},100"
-
-
-def week(rows: int = 3, header: str = HEADER, day: int = 1, start: int = 1000) -> bytes:
-    lines = [header] + [ROW.format(i=i, d=day, e=start + i) for i in range(rows)]
-    return ("\n".join(lines) + "\n").encode()
+ROW = "{i},A002,R051,02-00-00,59 ST,NQR456W,BMT,01/01/2024,0{i}:00:00,REGULAR,{e},100"
 
 
 @pytest.fixture()
 def fresh(elt: Elt) -> Elt:
-    """Each test starts from an empty warehouse and an empty raw/ prefix."""
+    """Each test starts from an empty warehouse and an empty bucket."""
     client = elt.s3()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket="lake"):
         for obj in page.get("Contents", []):
@@ -29,95 +29,313 @@ def fresh(elt: Elt) -> Elt:
 
 
 def load(elt: Elt) -> str:
-    """Run the load step only, through the library, and return a summary."""
-    from loaders import pipeline
+    """Run the load step through the library; summarise as key:status:loaded:rejected."""
+    results = pipeline.load(elt.settings, elt.s3())
+    return ", ".join(f"{r.key}:{r.status}:{r.rows_loaded}:{r.rows_rejected}" for r in results)
 
-    settings = elt.settings
-    results = pipeline.load(settings, elt.s3())
-    return ", ".join(f"{r.key}:{r.status}:{r.rows_loaded}" for r in results)
+
+def ledger(elt: Elt, *columns: str) -> list[tuple]:
+    return elt.query(f"select {', '.join(columns)} from elt.ledger order by started_at")
+
+
+def rejects(elt: Elt) -> list[tuple]:
+    return elt.query("select key, line, error_type from elt.rejects order by key, line")
+
+
+# --- columns matched by name ------------------------------------------------
 
 
 def test_header_variants_land_by_name(fresh: Elt) -> None:
     # GIVEN the current header, an old one (C/A, no index column) and a padded one
     old = "C/A,UNIT,SCP,STATION,LINENAME,DIVISION,DATE,TIME,DESC,ENTRIES,EXITS"
     old_row = "A003,R052,01-00-00,X ST,1,IRT,01/02/2024,03:00:00,REGULAR,5,6"
-    fresh.put("raw/turnstile/a.csv", week(2))
+    fresh.put("raw/turnstile/a.csv", week_csv(2))
     fresh.put("raw/turnstile/b.csv", f"{old}\n{old_row}\n".encode())
     padded = ",".join(f" {h}   " for h in HEADER.split(","))
-    fresh.put("raw/turnstile/c.csv.gz", gzip.compress(week(1, header=padded, day=3)))
+    fresh.put(
+        "raw/turnstile/c.csv.gz",
+        gzip.compress(week_csv(1).replace(HEADER.encode(), padded.encode())),
+    )
     # WHEN loaded
     assert load(fresh) == ", ".join(
         [
-            "raw/turnstile/a.csv:loaded:2",
-            "raw/turnstile/b.csv:loaded:1",
-            "raw/turnstile/c.csv.gz:loaded:1",
+            "raw/turnstile/a.csv:loaded:2:0",
+            "raw/turnstile/b.csv:loaded:1:0",
+            "raw/turnstile/c.csv.gz:loaded:1:0",
         ]
     )
     # THEN columns matched by normalised name, not by position
     rows = fresh.query(
-        "select _source_key, ca, c_a, unit, date, entries, unnamed_1, _source_row_number "
+        "select _source_key, ca, c_a, unit, entries, unnamed_1, _source_row_number "
         "from raw.turnstile order by _source_key, _source_row_number"
     )
     assert rows == [
-        ("raw/turnstile/a.csv", "A002", None, "R051", "01/01/2024", "1000", "0", 1),
-        ("raw/turnstile/a.csv", "A002", None, "R051", "01/01/2024", "1001", "1", 2),
-        ("raw/turnstile/b.csv", None, "A003", "R052", "01/02/2024", "5", None, 1),
-        ("raw/turnstile/c.csv.gz", "A002", None, "R051", "01/03/2024", "1000", "0", 1),
+        ("raw/turnstile/a.csv", "A002", None, "R051", "1000", "0", 1),
+        ("raw/turnstile/a.csv", "A002", None, "R051", "1001", "1", 2),
+        ("raw/turnstile/b.csv", None, "A003", "R052", "5", None, 1),
+        ("raw/turnstile/c.csv.gz", "A002", None, "R051", "1000", "0", 1),
     ]
 
 
-def test_gzip_is_recognised_from_bytes_not_name(fresh: Elt) -> None:
-    fresh.put("raw/turnstile/no_suffix.csv", gzip.compress(week(2)))
-    assert load(fresh) == "raw/turnstile/no_suffix.csv:loaded:2"
-
-
-def test_unknown_columns_are_kept(fresh: Elt) -> None:
-    body = week(1, header=HEADER + ",Booth Note").replace(b"100\n", b"100,late\n")
+def test_unknown_columns_are_kept_as_text(fresh: Elt) -> None:
+    body = week_csv(1).replace(b"EXITS\n", b"EXITS,Booth Note\n").replace(b"100\n", b"100,late\n")
     fresh.put("raw/turnstile/extra.csv", body)
-    assert load(fresh) == "raw/turnstile/extra.csv:loaded:1"
+    assert load(fresh) == "raw/turnstile/extra.csv:loaded:1:0"
     assert fresh.query("select booth_note from raw.turnstile") == [("late",)]
 
 
-def test_ragged_row_fails_the_object_naming_file_and_line(fresh: Elt) -> None:
-    good = week(2)
-    bad = week(3).replace(b"1001,100\n", b"1001,100,surplus\n")
-    fresh.put("raw/turnstile/1_good.csv", good)
-    fresh.put("raw/turnstile/2_bad.csv", bad)
-    assert load(fresh) == "raw/turnstile/1_good.csv:loaded:2, raw/turnstile/2_bad.csv:failed:0"
-    (error,) = fresh.query("select error from elt.ledger where status = 'failed'")[0]
-    assert error.startswith("raw/turnstile/2_bad.csv: ")
-    assert "Line: 3" in error and "Expected Number of Columns: 12 Found: 13" in error
-    # Nothing of the bad object landed; the good one is intact.
-    assert fresh.query("select _source_key, count(*) from raw.turnstile group by 1") == [
-        ("raw/turnstile/1_good.csv", 2)
-    ]
-
-
-def test_missing_required_column_rejects_the_object(fresh: Elt) -> None:
-    fresh.put("raw/turnstile/no_exits.csv", week(1, header=HEADER.replace(",EXITS", ",OTHER")))
-    assert load(fresh) == "raw/turnstile/no_exits.csv:failed:0"
-    assert fresh.query("select error from elt.ledger") == [
+def test_missing_required_column_rejects_the_object_naming_it(fresh: Elt) -> None:
+    fresh.put("raw/turnstile/no_exits.csv", week_csv(1).replace(b",EXITS", b",OTHER"))
+    assert load(fresh) == "raw/turnstile/no_exits.csv:failed:0:0"
+    assert ledger(fresh, "error") == [
         ("raw/turnstile/no_exits.csv: line 1: missing required column(s) exits",)
     ]
 
 
+def test_header_naming_a_column_twice_rejects_the_object(fresh: Elt) -> None:
+    fresh.put("raw/turnstile/twice.csv", week_csv(1).replace(b",EXITS", b",Entries"))
+    assert load(fresh) == "raw/turnstile/twice.csv:failed:0:0"
+    assert ledger(fresh, "error") == [
+        ("raw/turnstile/twice.csv: line 1, columns 11 and 12: both are named 'entries'",)
+    ]
+
+
+def test_hostile_header_never_reaches_sql_unquoted(fresh: Elt) -> None:
+    hostile = 'a";drop table raw.turnstile;--'
+    body = week_csv(1).replace(
+        b"EXITS\n", f'EXITS,"{hostile.replace(chr(34), chr(34) * 2)}"\n'.encode()
+    )
+    fresh.put("raw/turnstile/hostile.csv", body.replace(b"100\n", b"100,x\n"))
+    assert load(fresh) == "raw/turnstile/hostile.csv:loaded:1:0"
+    assert fresh.query("select a_drop_table_raw_turnstile from raw.turnstile") == [("x",)]
+
+
+# --- formats ----------------------------------------------------------------
+
+
+def test_every_supported_format_lands(fresh: Elt) -> None:
+    records = [
+        {
+            "ca": "A002",
+            "unit": "R051",
+            "scp": "02-00-00",
+            "station": "59 ST",
+            "linename": "N",
+            "division": "BMT",
+            "date": "01/03/2024",
+            "time": f"0{i}:00:00",
+            "desc": "REGULAR",
+            "entries": str(10 + i),
+            "exits": "5",
+        }
+        for i in range(3)
+    ]
+    jsonl = "".join(json.dumps(r) + "\n" for r in records).encode()
+    fresh.put("raw/turnstile/f1.csv.zst", zstandard.ZstdCompressor().compress(week_csv(2)))
+    fresh.put("raw/turnstile/f2.jsonl", jsonl)
+    fresh.put("raw/turnstile/f3.ndjson.gz", gzip.compress(jsonl[: jsonl.index(b"\n") + 1]))
+    buffer = io.BytesIO()
+    with duckdb.connect() as conn:
+        conn.execute(
+            "create table t as select * from (values ('A009', 'R1', 'S', 'X', 'N', 'BMT', '01/04/2024', '01:00:00', 'REGULAR', 7, 8)) v(ca, unit, scp, station, linename, division, date, time, \"desc\", entries, exits)"
+        )
+        path = fresh.home / "f.parquet"
+        conn.execute(f"copy t to '{path}' (format parquet)")
+    buffer.write(path.read_bytes())
+    fresh.put("raw/turnstile/f4.parquet", buffer.getvalue())
+    assert load(fresh) == ", ".join(
+        [
+            "raw/turnstile/f1.csv.zst:loaded:2:0",
+            "raw/turnstile/f2.jsonl:loaded:3:0",
+            "raw/turnstile/f3.ndjson.gz:loaded:1:0",
+            "raw/turnstile/f4.parquet:loaded:1:0",
+        ]
+    )
+    assert fresh.query(
+        "select _source_key, entries, _source_row_number from raw.turnstile where date != '01/01/2024' order by all"
+    ) == [
+        ("raw/turnstile/f2.jsonl", "10", 1),
+        ("raw/turnstile/f2.jsonl", "11", 2),
+        ("raw/turnstile/f2.jsonl", "12", 3),
+        ("raw/turnstile/f3.ndjson.gz", "10", 1),
+        ("raw/turnstile/f4.parquet", "7", 1),
+    ]
+
+
+def test_compression_is_recognised_from_bytes_not_name(fresh: Elt) -> None:
+    fresh.put("raw/turnstile/no_suffix.csv", gzip.compress(week_csv(2)))
+    assert load(fresh) == "raw/turnstile/no_suffix.csv:loaded:2:0"
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "error"),
+    [
+        ("raw/turnstile/empty.csv", b"", "raw/turnstile/empty.csv: empty object (0 bytes)"),
+        (
+            "raw/turnstile/cut.csv.gz",
+            gzip.compress(week_csv(50))[:200],
+            "raw/turnstile/cut.csv.gz: truncated gzip data: the stream ends early",
+        ),
+        (
+            "raw/turnstile/fake.parquet",
+            week_csv(1),
+            "raw/turnstile/fake.parquet: not a Parquet file (no PAR1 magic bytes)",
+        ),
+    ],
+    ids=["zero-bytes", "truncated-gzip", "not-parquet"],
+)
+def test_unreadable_object_fails_alone(fresh: Elt, key: str, body: bytes, error: str) -> None:
+    fresh.put("raw/turnstile/0_good.csv", week_csv(2))
+    fresh.put(key, body)
+    assert load(fresh) == f"raw/turnstile/0_good.csv:loaded:2:0, {key}:failed:0:0"
+    assert ledger(fresh, "key", "status", "error")[1] == (key, "failed", error)
+    assert fresh.query("select count(*) from raw.turnstile") == [(2,)]
+
+
+def test_header_only_file_loads_zero_rows_and_placeholders_are_ignored(fresh: Elt) -> None:
+    fresh.put("raw/turnstile/header_only.csv", (HEADER + "\n").encode())
+    fresh.put("raw/turnstile/folder/", b"")
+    assert load(fresh) == "raw/turnstile/header_only.csv:loaded:0:0"
+
+
+# --- bad rows ---------------------------------------------------------------
+
+
+def test_bad_rows_are_quarantined_and_the_rest_loads(fresh: Elt) -> None:
+    lines = [ROW.format(i=i, e=1000 + i).encode() for i in range(7)]
+    lines[1] += b",surplus"  # line 3: too many columns
+    lines[2] = lines[2].rsplit(b",", 1)[0]  # line 4: too few
+    lines[3] = lines[3].replace(b"59 ST", b"59 \xff\xfe")  # line 5: invalid UTF-8
+    lines[4] = lines[4].replace(b",1004,", b",12x4,")  # line 6: not an integer
+    body = HEADER.encode() + b"\n" + b"\n".join(lines) + b"\n"
+    fresh.put("raw/turnstile/mixed.csv", body)
+    assert load(fresh) == "raw/turnstile/mixed.csv:loaded:3:4"
+    assert rejects(fresh) == [
+        ("raw/turnstile/mixed.csv", 3, "TOO MANY COLUMNS"),
+        ("raw/turnstile/mixed.csv", 4, "MISSING COLUMNS"),
+        ("raw/turnstile/mixed.csv", 5, "INVALID ENCODING"),
+        ("raw/turnstile/mixed.csv", 6, "CAST ERROR"),
+    ]
+    # Row numbers are the records' own, not the n-th row kept.
+    assert fresh.query("select _source_row_number, entries from raw.turnstile order by 1") == [
+        (1, "1000"),
+        (6, "1005"),
+        (7, "1006"),
+    ]
+    assert ledger(fresh, "rows_in", "rows_loaded", "rows_rejected") == [(7, 3, 4)]
+    (raw_line, message) = fresh.query("select raw_line, message from elt.rejects where line = 3")[0]
+    assert (
+        raw_line.endswith(",1001,100,surplus")
+        and "Expected Number of Columns: 12 Found: 13" in message
+    )
+
+
+def test_unterminated_quote_is_quarantined_with_the_lines_it_swallowed(fresh: Elt) -> None:
+    body = week_csv(2) + b'9,A002,R051,"02-00-00,59 ST\n8,A002\n'
+    fresh.put("raw/turnstile/quote.csv", body)
+    assert load(fresh) == "raw/turnstile/quote.csv:loaded:2:1"
+    assert rejects(fresh) == [("raw/turnstile/quote.csv", 4, "UNQUOTED VALUE")]
+    assert ledger(fresh, "rows_in") == [(4,)]  # lines after the header: 2 good, 2 in the bad record
+
+
+def test_rejects_are_exported_next_to_the_marts(fresh: Elt) -> None:
+    body = week_csv(2) + b"=cmd|' /C calc'!A0,x\n"
+    fresh.put("raw/turnstile/r.csv", body)
+    load(fresh)
+    exported = fresh.get("marts/_rejects/turnstile.csv").decode().splitlines()
+    assert exported[0] == "load_id,key,column_name,error_type,message,raw_line,line,rejected_at"
+    assert len(exported) == 2
+    assert (
+        ",MISSING COLUMNS,Expected Number of Columns: 12 Found: 2,\"'=cmd|' /C calc'!A0,x\",4,"
+        in exported[1]
+    )
+
+
+# --- exactly once -------------------------------------------------------------
+
+
 def test_each_object_version_loads_exactly_once(fresh: Elt) -> None:
-    fresh.put("raw/turnstile/w.csv", week(2))
-    assert load(fresh) == "raw/turnstile/w.csv:loaded:2"
+    fresh.put("raw/turnstile/w.csv", week_csv(2))
+    assert load(fresh) == "raw/turnstile/w.csv:loaded:2:0"
     assert load(fresh) == ""
     assert fresh.query("select count(*) from raw.turnstile") == [(2,)]
 
 
-def test_undeclared_prefix_is_not_loaded(fresh: Elt) -> None:
-    fresh.put("raw/unknown_dataset/w.csv", week(2))
+def test_same_bytes_under_another_key_is_a_duplicate(fresh: Elt) -> None:
+    fresh.put("raw/turnstile/w.csv", week_csv(2))
+    load(fresh)
+    fresh.put("raw/turnstile/w_copy.csv", week_csv(2))
+    assert load(fresh) == "raw/turnstile/w_copy.csv:duplicate:0:0"
+    assert ledger(fresh, "key", "status", "error")[1] == (
+        "raw/turnstile/w_copy.csv",
+        "duplicate",
+        "same bytes as raw/turnstile/w.csv",
+    )
+    assert fresh.query("select count(*) from raw.turnstile") == [(2,)]
+
+
+def test_new_version_of_a_key_replaces_its_rows_and_keeps_both_in_the_ledger(fresh: Elt) -> None:
+    fresh.put("raw/turnstile/w.csv", week_csv(3, start=1000))
+    load(fresh)
+    fresh.put("raw/turnstile/w.csv", week_csv(2, start=5000))
+    assert load(fresh) == "raw/turnstile/w.csv:loaded:2:0"
+    assert fresh.query("select entries from raw.turnstile order by 1") == [("5000",), ("5001",)]
+    statuses = ledger(fresh, "status", "rows_loaded", "superseded_by is not null")
+    assert statuses == [("superseded", 3, True), ("loaded", 2, False)]
+
+
+# --- keys ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["it's.csv", "star*.csv", "what?.csv", "[abc].csv", "with space.csv", "ünï.csv"]
+)
+def test_awkward_keys_load_safely(fresh: Elt, name: str) -> None:
+    fresh.put(f"raw/turnstile/{name}", week_csv(2))
+    assert load(fresh) == f"raw/turnstile/{name}:loaded:2:0"
+    assert fresh.query("select distinct _source_key from raw.turnstile") == [
+        (f"raw/turnstile/{name}",)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("raw/turnstile/nested/x.csv", "objects must sit directly under raw/turnstile/"),
+        ("raw/turnstile/notes.txt", "unsupported file type"),
+        ("raw/turnstile/" + "/".join(["k" * 200] * 5) + ".csv", "objects must sit directly under"),
+        ("raw/turnstile/" + "k" * 246 + ".csv", None),
+    ],
+    ids=["nested", "txt", "key-over-1000-bytes", "name-of-250-bytes"],
+)
+def test_keys_outside_the_pattern_are_refused(fresh: Elt, key: str, reason: str | None) -> None:
+    fresh.put(key, week_csv(1))
+    if reason is None:  # long, but one level under the prefix: loads
+        assert load(fresh) == f"{key}:loaded:1:0"
+        return
+    assert load(fresh) == f"{key}:refused:0:0"
+    (error,) = ledger(fresh, "error")[0]
+    assert error == f"{key}: refused: {reason}" or error.startswith(f"{key}: refused: {reason}")
+
+
+def test_key_pattern_from_the_source_yaml_is_enforced() -> None:
+    dataset = Dataset("weekly", "src", (), (), key_pattern=r"\d{6}\.csv\.gz")
+    assert dataset.refusal("raw/weekly/240106.csv.gz") is None
+    assert dataset.refusal("raw/weekly/latest.csv.gz") == (
+        "raw/weekly/latest.csv.gz: refused: file name does not match key_pattern '\\\\d{6}\\\\.csv\\\\.gz'"
+    )
+
+
+def test_undeclared_prefix_is_skipped_with_a_warning(fresh: Elt, caplog) -> None:
+    fresh.put("raw/unknown_dataset/w.csv", week_csv(2))
     assert load(fresh) == ""
-    assert fresh.query("select count(*) from elt.ledger") == [(0,)]
+    assert (
+        "s3://lake/raw/unknown_dataset/: no dbt source declares this dataset; skipped"
+        in caplog.text
+    )
 
 
 def test_registry_reads_declared_columns_from_the_source_yaml() -> None:
-    from loaders.datasets import discover
-    from tests.conftest import PROJECT
-
     turnstile = discover(PROJECT)["turnstile"]
     assert turnstile.prefix == "raw/turnstile/"
     assert turnstile.columns == (
@@ -135,6 +353,7 @@ def test_registry_reads_declared_columns_from_the_source_yaml() -> None:
         "entries",
         "exits",
     )
+    assert turnstile.casts == {"entries": "bigint", "exits": "bigint"}
     assert turnstile.missing_columns({"c_a", "unit"}) == [
         "scp",
         "station",
