@@ -32,8 +32,10 @@ import os
 import secrets
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -301,10 +303,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _add_new_columns(
-    conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], key: str
-) -> None:
-    """Add columns the table does not have yet, as text (kept, never dropped)."""
+def _new_columns(conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str]) -> list[str]:
     existing = {
         r[0]
         for r in conn.execute(
@@ -312,12 +311,16 @@ def _add_new_columns(
             [RAW_SCHEMA, dataset.name],
         ).fetchall()
     }
-    for name in names:
-        if name not in existing:
-            log.warning("%s: new column %r added to %s", key, name, _table(dataset))
-            conn.execute(
-                f"alter table {_table(dataset)} add column {quote_identifier(name)} varchar"
-            )
+    return [name for name in names if name not in existing]
+
+
+def _add_new_columns(
+    conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], key: str
+) -> None:
+    """Add columns the table does not have yet, as text (kept, never dropped)."""
+    for name in _new_columns(conn, dataset, names):
+        log.warning("%s: new column %r added to %s", key, name, _table(dataset))
+        conn.execute(f"alter table {_table(dataset)} add column {quote_identifier(name)} varchar")
 
 
 def _scan_csv(path: Path, names: list[str], dataset: Dataset, compression: str) -> str:
@@ -335,6 +338,7 @@ def _land_csv(
     conn: duckdb.DuckDBPyConnection,
     attempt: _Attempt,
     path: Path,
+    names: list[str],
     compression: str,
     has_quote: bool,
 ) -> tuple[int, int]:
@@ -344,10 +348,6 @@ def _land_csv(
         ``(lines the inserted rows span, lines the rejected records span)``.
     """
     dataset, obj = attempt.dataset, attempt.obj
-    header = _csv_header(path, compression, obj.key, dataset.delimiter)
-    names = _column_names(header, obj.key)
-    _check_required(dataset, names, obj.key)
-    _add_new_columns(conn, dataset, names, obj.key)
     conn.execute("drop table if exists elt_reject_errors")
     conn.execute("drop table if exists elt_reject_scans")
     target = ", ".join(quote_identifier(n) for n in names)
@@ -447,13 +447,33 @@ def _check_required(dataset: Dataset, names: list[str], key: str) -> None:
         raise LoadError(f"{key}: line 1: missing required column(s) {', '.join(missing)}")
 
 
+def _json_lines(path: Path, compression: str) -> str:
+    """JSON lines as ``(line_number, line)``: each line one text field.
+
+    The delimiter, a raw 0x1E byte, cannot occur in valid JSON, so a line is
+    never split and a bad line is known by its number and text.
+    """
+    return (
+        "(select ordinality as line_number, line "
+        f"from read_csv({sql_literal(str(path))}, header = false, auto_detect = false, "
+        f"columns = {{'line': 'varchar'}}, delim = {sql_literal(JSON_DELIMITER)}, "
+        f"quote = '', escape = '', compression = {sql_literal(compression)}) with ordinality "
+        "where trim(line) != '')"
+    )
+
+
+JSON_OBJECT = "coalesce(json_valid(line) and json_type(line) = 'OBJECT', false)"
+
+
 def _land_jsonl(
-    conn: duckdb.DuckDBPyConnection, attempt: _Attempt, path: Path, compression: str
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    path: Path,
+    keys: list[str],
+    names: list[str],
+    compression: str,
 ) -> tuple[int, int]:
     """Insert JSON-lines objects by key; lines that are not a JSON object are quarantined.
-
-    Every line is read as one text field (the delimiter, a raw 0x1E byte, cannot
-    occur in valid JSON), so a bad line is known by its number and text.
 
     Returns:
         ``(lines inserted, lines rejected)``.
@@ -461,13 +481,8 @@ def _land_jsonl(
     dataset, obj = attempt.dataset, attempt.obj
     conn.execute(
         "create or replace temp table elt_json_lines as "
-        "select ordinality as line_number, line "
-        f"from read_csv({sql_literal(str(path))}, header = false, auto_detect = false, "
-        f"columns = {{'line': 'varchar'}}, delim = {sql_literal(JSON_DELIMITER)}, "
-        f"quote = '', escape = '', compression = {sql_literal(compression)}) with ordinality "
-        "where trim(line) != ''"
+        f"select * from {_json_lines(path, compression)}"
     )
-    is_object = "coalesce(json_valid(line) and json_type(line) = 'OBJECT', false)"
     conn.execute(
         f"""
         insert into {REJECTS}
@@ -478,20 +493,10 @@ def _land_jsonl(
                 else 'the line is not valid JSON' end,
             line, ?
         from elt_json_lines
-        where not {is_object}
+        where not {JSON_OBJECT}
         """,
         [attempt.load_id, dataset.name, obj.key, attempt.started_at],
     )
-    conn.execute(f"delete from elt_json_lines where not {is_object}")
-    keys = [
-        r[0]
-        for r in conn.execute(
-            "select distinct unnest(json_keys(line)) as k from elt_json_lines order by k"
-        ).fetchall()
-    ]
-    names = _column_names(keys, obj.key)
-    _check_required(dataset, names, obj.key)
-    _add_new_columns(conn, dataset, names, obj.key)
     # JSON path of each key, quoted: keys can hold any character.
     paths = ['$."' + k.replace("\\", "\\\\").replace('"', '\\"') + '"' for k in keys]
     extracted = "".join(f"json_extract_string(line, {sql_literal(p)}), " for p in paths)
@@ -499,7 +504,7 @@ def _land_jsonl(
     lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
     row = conn.execute(
         f"insert into {_table(dataset)} ({target}{lineage}) "
-        f"select {extracted}?, ?, line_number, ?, ? from elt_json_lines",
+        f"select {extracted}?, ?, line_number, ?, ? from elt_json_lines where {JSON_OBJECT}",
         [obj.key, obj.etag, attempt.load_id, attempt.started_at],
     ).fetchone()
     conn.execute("drop table elt_json_lines")
@@ -507,7 +512,13 @@ def _land_jsonl(
     return attempt.rows_loaded, _reject_counts(conn, attempt.load_id)[1]
 
 
-def _land_parquet(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, path: Path) -> int:
+def _land_parquet(
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    path: Path,
+    columns: list[str],
+    names: list[str],
+) -> int:
     """Insert a Parquet file's rows, every column cast to text.
 
     Returns:
@@ -515,18 +526,9 @@ def _land_parquet(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, path: Path
     """
     dataset, obj = attempt.dataset, attempt.obj
     literal = sql_literal(str(path))
-    try:
-        footer = conn.execute(
-            f"select coalesce(sum(num_rows), 0) from parquet_file_metadata({literal})"
-        ).fetchone()
-        columns = [
-            r[0] for r in conn.execute(f"describe select * from read_parquet({literal})").fetchall()
-        ]
-    except duckdb.Error as exc:
-        raise LoadError(f"{obj.key}: not a readable Parquet file ({_first_line(exc)})") from exc
-    names = _column_names(columns, obj.key)
-    _check_required(dataset, names, obj.key)
-    _add_new_columns(conn, dataset, names, obj.key)
+    footer = conn.execute(
+        f"select coalesce(sum(num_rows), 0) from parquet_file_metadata({literal})"
+    ).fetchone()
     target = "".join(f"{quote_identifier(n)}, " for n in names)
     source = "".join(f"cast({quote_identifier(c)} as varchar), " for c in columns)
     lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
@@ -644,6 +646,95 @@ def _settle(
     return attempt.result()
 
 
+class _SchemaGuard:
+    """Data transactions share the raw tables; adding a column needs them alone.
+
+    DuckDB fails the commit of an insert into a table that another transaction
+    altered meanwhile, so a new column waits for in-flight loads to finish and
+    holds new ones back until it is committed.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._altering = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._altering:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._altering or self._active:
+                self._cond.wait()
+            self._altering = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._altering = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Run:
+    """What the parallel loads of one run share."""
+
+    guard: _SchemaGuard = field(default_factory=_SchemaGuard)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # sha256 -> set once the object holding those bytes has settled.
+    claims: dict[str, threading.Event] = field(default_factory=dict)
+
+
+def _columns_of(
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    path: Path,
+    fmt: str,
+    compression: str,
+) -> tuple[list[str], list[str]]:
+    """The object's columns as written and as normalised, read before loading.
+
+    Raises:
+        LoadError: unreadable header, a name given twice, a required column
+            missing, or not a Parquet file.
+    """
+    dataset, key = attempt.dataset, attempt.obj.key
+    if fmt == "parquet":
+        try:
+            described = conn.execute(
+                f"describe select * from read_parquet({sql_literal(str(path))})"
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise LoadError(f"{key}: not a readable Parquet file ({_first_line(exc)})") from exc
+        written = [str(r[0]) for r in described]
+    elif fmt == "jsonl":
+        try:
+            found = conn.execute(
+                f"select distinct unnest(json_keys(line)) as k "
+                f"from {_json_lines(path, compression)} where {JSON_OBJECT} order by k"
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise LoadError(f"{key}: unreadable JSON lines ({_first_line(exc)})") from exc
+        written = [str(r[0]) for r in found]
+    else:
+        written = _csv_header(path, compression, key, dataset.delimiter)
+    names = _column_names(written, key)
+    if written or fmt != "jsonl":  # a JSON file of bad lines only is all quarantine
+        _check_required(dataset, names, key)
+    return written, names
+
+
 def _land(
     conn: duckdb.DuckDBPyConnection,
     attempt: _Attempt,
@@ -651,36 +742,66 @@ def _land(
     path: Path,
     meter: ContentMeter,
     fmt: str,
+    columns: tuple[list[str], list[str]],
+    has_quote: bool,
+    lines: int,
 ) -> None:
     """Everything of one object inside the open transaction; raises LoadError to fail it."""
-    obj = attempt.obj
-    try:
-        _, lines, has_quote = meter.finish()
-    except LoadError as exc:
-        raise LoadError(f"{obj.key}: {exc}") from exc
-    if meter.size == 0:
-        raise LoadError(f"{obj.key}: empty object (0 bytes)")
+    written, names = columns
     _replace_previous(conn, attempt, bucket)
     if fmt == "parquet":
-        if not meter.head.startswith(PARQUET_MAGIC):
-            raise LoadError(f"{obj.key}: not a Parquet file (no PAR1 magic bytes)")
         attempt.first_line = 1
-        attempt.rows_in = _land_parquet(conn, attempt, path)
+        attempt.rows_in = _land_parquet(conn, attempt, path, written, names)
         seen = attempt.rows_loaded
     elif fmt == "jsonl":
         attempt.rows_in, attempt.first_line = lines, 1
-        seen = sum(_land_jsonl(conn, attempt, path, meter.compression))
+        seen = sum(_land_jsonl(conn, attempt, path, written, names, meter.compression))
     else:
         attempt.rows_in = max(lines - 1, 0)  # the header line holds no row
-        seen = sum(_land_csv(conn, attempt, path, meter.compression, has_quote))
+        seen = sum(_land_csv(conn, attempt, path, names, meter.compression, has_quote))
     if seen != attempt.rows_in:
         raise LoadError(
-            f"{obj.key}: reconciliation failed: {attempt.rows_in} row(s) in the file, "
+            f"{attempt.obj.key}: reconciliation failed: {attempt.rows_in} row(s) in the file, "
             f"{seen} loaded or rejected"
         )
     _reject_uncastable(conn, attempt)
     attempt.rows_rejected = _reject_counts(conn, attempt.load_id)[0]
     attempt.status = "loaded"
+
+
+def _prepare(
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    path: Path,
+    meter: ContentMeter,
+    fmt: str,
+    run: _Run,
+) -> tuple[tuple[list[str], list[str]], bool, int]:
+    """Checks made before the data transaction: bytes, format, columns (added if new).
+
+    Returns:
+        ``(columns, the text has a quote, non-blank lines)``.
+    """
+    key = attempt.obj.key
+    try:
+        _, lines, has_quote = meter.finish()
+    except LoadError as exc:
+        raise LoadError(f"{key}: {exc}") from exc
+    if meter.size == 0:
+        raise LoadError(f"{key}: empty object (0 bytes)")
+    if fmt == "parquet" and not meter.head.startswith(PARQUET_MAGIC):
+        raise LoadError(f"{key}: not a Parquet file (no PAR1 magic bytes)")
+    columns = _columns_of(conn, attempt, path, fmt, meter.compression)
+    if _new_columns(conn, attempt.dataset, columns[1]):
+        with run.guard.exclusive():
+            conn.execute("begin transaction")
+            try:
+                _add_new_columns(conn, attempt.dataset, columns[1], key)
+                conn.execute("commit")
+            except BaseException:
+                conn.execute("rollback")
+                raise
+    return columns, has_quote, lines
 
 
 def land_object(
@@ -691,15 +812,27 @@ def land_object(
     obj: ObjectInfo,
     workdir: Path,
     on_bytes: Callable[[int], None] | None = None,
+    run: _Run | None = None,
 ) -> LoadResult:
     """Land one object version, or record why not.
 
     Refuses a key the dataset does not allow; streams the object to a
     temporary file under ``workdir`` while hashing it and counting its lines;
     skips it as a duplicate if the same bytes are loaded under another key;
-    then, in one transaction, replaces the key's previous version, inserts the
-    good rows, quarantines the bad ones, reconciles
-    ``rows in = loaded + rejected`` and writes the ledger row.
+    reads its columns (adding new ones to the table); then, in one
+    transaction, replaces the key's previous version, inserts the good rows,
+    quarantines the bad ones, reconciles ``rows in = loaded + rejected`` and
+    writes the ledger row.
+
+    Args:
+        conn: A connection (or cursor) of its own: the transaction is its.
+        s3: Client for ``bucket``.
+        bucket: Bucket of the object.
+        dataset: Dataset the object's prefix belongs to.
+        obj: The object version listed (key, ETag, size).
+        workdir: Where the object is staged while it loads.
+        on_bytes: Fed the size of each chunk read.
+        run: State shared with the other objects of a parallel run.
 
     Returns:
         A ``LoadResult``. ``failed`` means nothing of the object was kept; its
@@ -709,6 +842,7 @@ def land_object(
         StorageError: the object could not be read from S3 (nothing recorded,
             so the next run tries again).
     """
+    run = run or _Run()
     attempt = _Attempt(dataset=dataset, obj=obj)
     refusal = dataset.refusal(obj.key)
     if refusal:
@@ -726,30 +860,21 @@ def land_object(
             corrupt = LoadError(f"{obj.key}: {exc}")
         attempt.download_seconds = time.monotonic() - clock
         attempt.sha256 = meter.sha256.hexdigest()
-        duplicate = _duplicate_of(conn, attempt, bucket)
-        if duplicate:
-            return _settle(conn, attempt, bucket, "duplicate", f"same bytes as {duplicate}")
-        conn.execute("begin transaction")
+        with run.lock:
+            settled = run.claims.get(attempt.sha256)
+            mine = settled is None
+            if mine:
+                run.claims[attempt.sha256] = threading.Event()
+        if settled is not None:
+            settled.wait()  # the same bytes are loading under another key: let it finish
         try:
-            if corrupt:
-                raise corrupt
-            _land(conn, attempt, bucket, path, meter, fmt)
-            _record(conn, attempt, bucket)
-            _crash_point("insert")
-            conn.execute("commit")
-            _crash_point("commit")
-        except (LoadError, duckdb.Error) as exc:
-            # DuckDB keeps a transaction open after some errors: always roll back.
-            conn.execute("rollback")
-            attempt.error = str(exc) if isinstance(exc, LoadError) else _duckdb_error(obj.key, exc)
-            attempt.status, attempt.rows_loaded, attempt.rows_rejected = "failed", 0, 0
-            attempt.replaced = None
-            conn.execute("begin transaction")
-            _record(conn, attempt, bucket)
-            conn.execute("commit")
-        except BaseException:
-            conn.execute("rollback")
-            raise
+            duplicate = _duplicate_of(conn, attempt, bucket)
+            if duplicate:
+                return _settle(conn, attempt, bucket, "duplicate", f"same bytes as {duplicate}")
+            _land_version(conn, attempt, bucket, path, meter, fmt, run, corrupt)
+        finally:
+            if mine:
+                run.claims[attempt.sha256].set()
     result = attempt.result()
     if result.error:
         log.error("failed to load %s", result.error)
@@ -762,6 +887,43 @@ def land_object(
             result.seconds,
         )
     return result
+
+
+def _land_version(
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    bucket: str,
+    path: Path,
+    meter: ContentMeter,
+    fmt: str,
+    run: _Run,
+    corrupt: LoadError | None,
+) -> None:
+    """Load the staged object in one transaction, or record its failure."""
+    try:
+        if corrupt:
+            raise corrupt
+        columns, has_quote, lines = _prepare(conn, attempt, path, meter, fmt, run)
+        with run.guard.shared():
+            conn.execute("begin transaction")
+            try:
+                _land(conn, attempt, bucket, path, meter, fmt, columns, has_quote, lines)
+                _record(conn, attempt, bucket)
+                _crash_point("insert")
+                conn.execute("commit")
+                _crash_point("commit")
+            except BaseException:
+                # DuckDB keeps a transaction open after some errors: always roll back.
+                conn.execute("rollback")
+                raise
+    except (LoadError, duckdb.Error) as exc:
+        key = attempt.obj.key
+        attempt.error = str(exc) if isinstance(exc, LoadError) else _duckdb_error(key, exc)
+        attempt.status, attempt.rows_loaded, attempt.rows_rejected = "failed", 0, 0
+        attempt.replaced = None
+        conn.execute("begin transaction")
+        _record(conn, attempt, bucket)
+        conn.execute("commit")
 
 
 def _duckdb_error(key: str, exc: duckdb.Error) -> str:
@@ -799,11 +961,15 @@ def land_all(
     workdir: Path,
     on_object: Callable[[ObjectInfo], Callable[[int], None] | None] | None = None,
 ) -> list[LoadResult]:
-    """Land every pending object version of every dataset, in key order.
+    """Land every pending object version of every dataset, several at a time.
+
+    Each object lands in its own transaction on its own cursor, so objects
+    land in parallel (as many as DuckDB has threads) and one object's failure
+    or crash never touches another's rows.
 
     Args:
         conn: Read-write connection to the warehouse.
-        s3: Client for ``bucket``.
+        s3: Client for ``bucket`` (boto3 clients are thread-safe).
         bucket: Bucket holding ``raw/<dataset>/`` prefixes.
         datasets: Registry from :func:`loaders.datasets.discover`.
         workdir: Where objects are staged while loading (under ``$ELT_HOME``).
@@ -811,7 +977,8 @@ def land_all(
             fed the size of each chunk read (progress bars).
 
     Returns:
-        One ``LoadResult`` per object version attempted; empty when nothing was new.
+        One ``LoadResult`` per object version attempted, in key order; empty
+        when nothing was new.
 
     Raises:
         StorageError: listing or reading from S3 failed.
@@ -819,12 +986,28 @@ def land_all(
     ensure_tables(conn, datasets.values())
     for prefix in undeclared_prefixes(s3, bucket, datasets):
         log.warning("s3://%s/%s: no dbt source declares this dataset; skipped", bucket, prefix)
-    results = []
-    for dataset in datasets.values():
-        for obj in sorted(pending(conn, s3, bucket, dataset), key=lambda o: o.key):
-            on_bytes = on_object(obj) if on_object else None
-            results.append(land_object(conn, s3, bucket, dataset, obj, workdir, on_bytes))
-    return results
+    jobs = [
+        (dataset, obj)
+        for dataset in datasets.values()
+        for obj in sorted(pending(conn, s3, bucket, dataset), key=lambda o: o.key)
+    ]
+    if not jobs:
+        return []
+    run = _Run()
+    threads = conn.execute("select current_setting('threads')").fetchone()
+    workers = max(1, min(len(jobs), int(threads[0]) if threads else 1))
+
+    def work(dataset: Dataset, obj: ObjectInfo) -> LoadResult:
+        on_bytes = on_object(obj) if on_object else None
+        cursor = conn.cursor()
+        try:
+            return land_object(cursor, s3, bucket, dataset, obj, workdir, on_bytes, run)
+        finally:
+            cursor.close()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="land") as pool:
+        futures = [pool.submit(work, dataset, obj) for dataset, obj in jobs]
+        return [future.result() for future in futures]
 
 
 def recent(conn: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dict[str, object]]:
