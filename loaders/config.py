@@ -91,6 +91,8 @@ class Settings:
         target: dbt target name (``dev`` or ``prod``).
         warehouse_path: The DuckDB database file dbt and the loader share.
         lake: Bucket and endpoint.
+        memory_limit: DuckDB ``memory_limit`` (e.g. ``1GB``), or ``None`` for
+            DuckDB's default; work beyond it spills to ``<home>/spill``.
     """
 
     project_dir: Path
@@ -98,6 +100,11 @@ class Settings:
     target: str
     warehouse_path: Path
     lake: LakeConfig
+    memory_limit: str | None = None
+
+    def duckdb_config(self) -> dict[str, str]:
+        """DuckDB settings every connection to the warehouse gets."""
+        return duckdb_config(self.home, self.memory_limit)
 
     def dbt_env(self) -> dict[str, str]:
         """Environment variables that make a dbt run use these settings."""
@@ -106,6 +113,14 @@ class Settings:
             "ELT_TARGET": self.target,
             "DBT_PROFILES_DIR": str(self.project_dir),
         }
+
+
+def duckdb_config(home: Path, memory_limit: str | None) -> dict[str, str]:
+    """DuckDB settings: spill to ``<home>/spill``, and the memory cap if one is set."""
+    config = {"temp_directory": str(home / "spill")}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    return config
 
 
 def _render(value: Any, env: Mapping[str, str]) -> Any:
@@ -170,4 +185,5 @@ def load_settings(target: str | None = None, env: Mapping[str, str] | None = Non
         target=name,
         warehouse_path=warehouse if warehouse.is_absolute() else (project / warehouse).resolve(),
         lake=LakeConfig.from_mapping(plugin.get("config") or {}),
+        memory_limit=str((plugin.get("config") or {}).get("memory_limit") or "").strip() or None,
     )

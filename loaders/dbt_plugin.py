@@ -23,7 +23,7 @@ from dbt.adapters.duckdb.plugins import BasePlugin
 from duckdb import DuckDBPyConnection
 
 from loaders import publish, s3, warehouse
-from loaders.config import LakeConfig, resolve_home
+from loaders.config import LakeConfig, duckdb_config, resolve_home
 from loaders.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,15 @@ class Plugin(BasePlugin):
 
     def initialize(self, plugin_config: dict[str, Any]) -> None:
         self.lake = LakeConfig.from_mapping(plugin_config)
+        self.memory_limit = str(plugin_config.get("memory_limit") or "").strip() or None
         self._connection: s3.Connection | None = None
 
     def update_connection_config(self, creds: Any, config: dict[str, Any]) -> None:
         # The state directory may not exist yet on a fresh clone.
         if creds.path and creds.path != ":memory:":
             Path(creds.path).parent.mkdir(parents=True, exist_ok=True)
+        # The same memory cap and spill folder as the loader's connections.
+        config.update(duckdb_config(resolve_home(), self.memory_limit))
 
     def configure_connection(self, conn: DuckDBPyConnection) -> None:
         try:

@@ -71,7 +71,9 @@ def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
     """
     registry = datasets_mod.discover(settings.project_dir)
     connection = s3_mod.connection(settings.lake, settings.home)
-    with warehouse.connect(settings.warehouse_path, connection) as conn:
+    with warehouse.connect(
+        settings.warehouse_path, connection, config=settings.duckdb_config()
+    ) as conn:
         results = land_all(
             conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object
         )
