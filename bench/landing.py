@@ -60,10 +60,10 @@ def main() -> None:
             path = home / f"bare_{i}.duckdb"
             with warehouse.connect(path, connection) as conn:
                 started = time.perf_counter()
-                conn.execute(
-                    "create table t as select * from read_csv(?, all_varchar = true, header = true)",
-                    [keys],
+                bare_sql = (
+                    "create table t as select * from read_csv(?, all_varchar = true, header = true)"
                 )
+                conn.execute(bare_sql, [keys])
                 conn.execute("checkpoint")
                 bare.append(time.perf_counter() - started)
                 rows = conn.execute("select count(*) from t").fetchone()[0]

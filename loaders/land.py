@@ -323,6 +323,34 @@ def _add_new_columns(
         conn.execute(f"alter table {_table(dataset)} add column {quote_identifier(name)} varchar")
 
 
+def _insert_rows(
+    conn: duckdb.DuckDBPyConnection,
+    attempt: _Attempt,
+    names: list[str],
+    values: list[str],
+    row_number: str,
+    scan: str,
+) -> int:
+    """``insert into raw.<dataset>`` the ``values`` (SQL expressions) as ``names``, plus lineage.
+
+    Args:
+        row_number: SQL expression of the row's record number in the object.
+        scan: The ``from`` clause reading the object.
+
+    Returns:
+        Rows inserted.
+    """
+    lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
+    target = "".join(f"{quote_identifier(n)}, " for n in names)
+    source = "".join(f"{v}, " for v in values)
+    row = conn.execute(
+        f"insert into {_table(attempt.dataset)} ({target}{lineage}) "
+        f"select {source}?, ?, {row_number}, ?, ? from {scan}",
+        [attempt.obj.key, attempt.obj.etag, attempt.load_id, attempt.started_at],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _scan_csv(path: Path, names: list[str], dataset: Dataset, compression: str) -> str:
     positional = ", ".join(f"{sql_literal(f'c{i}')}: 'varchar'" for i in range(len(names)))
     return (
@@ -350,16 +378,9 @@ def _land_csv(
     dataset, obj = attempt.dataset, attempt.obj
     conn.execute("drop table if exists elt_reject_errors")
     conn.execute("drop table if exists elt_reject_scans")
-    target = ", ".join(quote_identifier(n) for n in names)
-    source = ", ".join(f"c{i}" for i in range(len(names)))
-    lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
-    row = conn.execute(
-        f"insert into {_table(dataset)} ({target}, {lineage}) "
-        f"select {source}, ?, ?, ordinality, ?, ? "
-        f"from {_scan_csv(path, names, dataset, compression)} with ordinality",
-        [obj.key, obj.etag, attempt.load_id, attempt.started_at],
-    ).fetchone()
-    inserted = int(row[0]) if row else 0
+    scan = f"{_scan_csv(path, names, dataset, compression)} with ordinality"
+    positions = [f"c{i}" for i in range(len(names))]
+    inserted = _insert_rows(conn, attempt, names, positions, "ordinality", scan)
     # DuckDB keeps rejects in temporary tables: copy them within this transaction,
     # one row per rejected record (a record can break several rules).
     conn.execute(
@@ -499,16 +520,10 @@ def _land_jsonl(
     )
     # JSON path of each key, quoted: keys can hold any character.
     paths = ['$."' + k.replace("\\", "\\\\").replace('"', '\\"') + '"' for k in keys]
-    extracted = "".join(f"json_extract_string(line, {sql_literal(p)}), " for p in paths)
-    target = "".join(f"{quote_identifier(n)}, " for n in names)
-    lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
-    row = conn.execute(
-        f"insert into {_table(dataset)} ({target}{lineage}) "
-        f"select {extracted}?, ?, line_number, ?, ? from elt_json_lines where {JSON_OBJECT}",
-        [obj.key, obj.etag, attempt.load_id, attempt.started_at],
-    ).fetchone()
+    values = [f"json_extract_string(line, {sql_literal(p)})" for p in paths]
+    scan = f"elt_json_lines where {JSON_OBJECT}"
+    attempt.rows_loaded = _insert_rows(conn, attempt, names, values, "line_number", scan)
     conn.execute("drop table elt_json_lines")
-    attempt.rows_loaded = int(row[0]) if row else 0
     return attempt.rows_loaded, _reject_counts(conn, attempt.load_id)[1]
 
 
@@ -524,21 +539,13 @@ def _land_parquet(
     Returns:
         The rows the file's footer says it holds (the independent count).
     """
-    dataset, obj = attempt.dataset, attempt.obj
     literal = sql_literal(str(path))
     footer = conn.execute(
         f"select coalesce(sum(num_rows), 0) from parquet_file_metadata({literal})"
     ).fetchone()
-    target = "".join(f"{quote_identifier(n)}, " for n in names)
-    source = "".join(f"cast({quote_identifier(c)} as varchar), " for c in columns)
-    lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
-    row = conn.execute(
-        f"insert into {_table(dataset)} ({target}{lineage}) "
-        f"select {source}?, ?, file_row_number + 1, ?, ? "
-        f"from read_parquet({literal}, file_row_number = true)",
-        [obj.key, obj.etag, attempt.load_id, attempt.started_at],
-    ).fetchone()
-    attempt.rows_loaded = int(row[0]) if row else 0
+    values = [f"cast({quote_identifier(c)} as varchar)" for c in columns]
+    scan = f"read_parquet({literal}, file_row_number = true)"
+    attempt.rows_loaded = _insert_rows(conn, attempt, names, values, "file_row_number + 1", scan)
     return int(footer[0]) if footer else 0
 
 
