@@ -34,6 +34,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -351,10 +352,14 @@ def _insert_rows(
     return int(row[0]) if row else 0
 
 
-def _scan_csv(path: Path, names: list[str], dataset: Dataset, compression: str) -> str:
+def _scan_csv(
+    paths: list[Path] | list[str], names: list[str], dataset: Dataset, compression: str
+) -> str:
+    """``read_csv`` over local files: the columns by position, named c0, c1, ..., as text."""
+    files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
     positional = ", ".join(f"{sql_literal(f'c{i}')}: 'varchar'" for i in range(len(names)))
     return (
-        f"read_csv({sql_literal(str(path))}, header = true, auto_detect = false, "
+        f"read_csv({files}, header = true, auto_detect = false, "
         f"columns = {{{positional}}}, delim = {sql_literal(dataset.delimiter)}, "
         f"quote = '\"', escape = '\"', compression = {sql_literal(compression)}, "
         "strict_mode = true, store_rejects = true, ignore_errors = true, "
@@ -378,7 +383,7 @@ def _land_csv(
     dataset, obj = attempt.dataset, attempt.obj
     conn.execute("drop table if exists elt_reject_errors")
     conn.execute("drop table if exists elt_reject_scans")
-    scan = f"{_scan_csv(path, names, dataset, compression)} with ordinality"
+    scan = f"{_scan_csv([path], names, dataset, compression)} with ordinality"
     positions = [f"c{i}" for i in range(len(names))]
     inserted = _insert_rows(conn, attempt, names, positions, "ordinality", scan)
     # DuckDB keeps rejects in temporary tables: copy them within this transaction,
@@ -811,6 +816,183 @@ def _prepare(
     return columns, has_quote, lines
 
 
+@dataclass
+class _Staged:
+    """An object streamed to a local file, hashed and counted, before any transaction."""
+
+    attempt: _Attempt
+    path: Path
+    meter: ContentMeter
+    fmt: str
+    corrupt: LoadError | None = None
+
+
+def _stage(
+    s3: S3Client,
+    bucket: str,
+    dataset: Dataset,
+    obj: ObjectInfo,
+    folder: Path,
+    on_bytes: Callable[[int], None] | None,
+) -> _Staged:
+    """Download ``obj`` into ``folder`` while hashing it and counting its lines.
+
+    Raises:
+        StorageError: the object could not be read (the run retries it next time).
+    """
+    attempt = _Attempt(dataset=dataset, obj=obj)
+    fmt = format_of(obj.key) or "csv"
+    staged = _Staged(attempt, folder / "object", ContentMeter(text=fmt != "parquet"), fmt)
+    folder.mkdir(parents=True, exist_ok=True)
+    clock = time.monotonic()
+    try:
+        _download(s3, bucket, obj, staged.path, staged.meter, on_bytes)
+    except LoadError as exc:  # a corrupt compressed stream fails the object
+        staged.corrupt = LoadError(f"{obj.key}: {exc}")
+    attempt.download_seconds = time.monotonic() - clock
+    attempt.sha256 = staged.meter.sha256.hexdigest()
+    return staged
+
+
+class _NotBatchable(Exception):
+    """A batch met something only the one-object path handles; nothing was kept."""
+
+
+def _batchable(
+    conn: duckdb.DuckDBPyConnection, staged: _Staged, bucket: str
+) -> tuple[str, ...] | None:
+    """The normalised header of a plain CSV that can share a batch, or ``None``.
+
+    Anything unusual (another format, a quote that could hide a multi-line
+    field, a known duplicate, an unreadable header) takes the one-object path.
+    """
+    attempt, meter = staged.attempt, staged.meter
+    if staged.fmt != "csv" or staged.corrupt or meter.size == 0:
+        return None
+    try:
+        _, lines, has_quote = meter.finish()
+        if has_quote or lines < 1 or _duplicate_of(conn, attempt, bucket):
+            return None
+        _, names = _columns_of(conn, attempt, staged.path, "csv", meter.compression)
+    except (LoadError, duckdb.Error):
+        return None
+    attempt.rows_in = lines - 1
+    return tuple(names)
+
+
+def _land_batch(
+    conn: duckdb.DuckDBPyConnection, group: list[_Staged], names: list[str], bucket: str
+) -> list[LoadResult]:
+    """Land several clean CSV objects of one dataset in one statement and one transaction.
+
+    One multi-file scan reads them; ``with ordinality`` numbers rows across
+    the files in order, so each row's record number is its ordinal minus the
+    rows of the files before it. Every object still gets its own load id,
+    lineage, reconciliation and ledger row, and the batch commits as a whole.
+    Run one batch per worker, each on its own cursor, to use every core.
+
+    Raises:
+        _NotBatchable: a row was rejected, or the counts do not reconcile; the
+            transaction was rolled back and the objects take the one-object path.
+    """
+    dataset = group[0].attempt.dataset
+    compression = group[0].meter.compression
+    conn.execute("begin transaction")
+    try:
+        conn.execute(
+            "create or replace temp table elt_batch_files (filename varchar, key varchar, "
+            "etag varchar, load_id varchar, loaded_at timestamptz, rows_before bigint)"
+        )
+        rows_before = 0
+        for staged in group:
+            attempt = staged.attempt
+            _replace_previous(conn, attempt, bucket)
+            conn.execute(
+                "insert into elt_batch_files values (?, ?, ?, ?, ?, ?)",
+                [
+                    str(staged.path),
+                    attempt.obj.key,
+                    attempt.obj.etag,
+                    attempt.load_id,
+                    attempt.started_at,
+                    rows_before,
+                ],
+            )
+            rows_before += attempt.rows_in
+        conn.execute("drop table if exists elt_reject_errors")
+        conn.execute("drop table if exists elt_reject_scans")
+        paths = [str(s.path) for s in group]
+        scan = _scan_csv(paths, names, dataset, compression).replace(
+            "strict_mode = true", "strict_mode = true, filename = true"
+        )
+        lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
+        target = ", ".join(quote_identifier(n) for n in names)
+        source = ", ".join(f"scan.c{i}" for i in range(len(names)))
+        conn.execute(
+            f"insert into {_table(dataset)} ({target}, {lineage}) "
+            f"select {source}, files.key, files.etag, scan.ordinality - files.rows_before, "
+            f"files.load_id, files.loaded_at "
+            f"from {scan} with ordinality as scan "
+            f"inner join elt_batch_files as files on scan.filename = files.filename"
+        )
+        rejected = conn.execute("select count(*) from elt_reject_errors").fetchone()
+        if rejected and rejected[0]:
+            raise _NotBatchable(f"{rejected[0]} rejected row(s)")
+        counts = {
+            load_id: (n, first, last)
+            for load_id, n, first, last in conn.execute(
+                f"select _load_id, count(*), min(_source_row_number), max(_source_row_number) "
+                f"from {_table(dataset)} where _load_id in (select load_id from elt_batch_files) "
+                "group by 1"
+            ).fetchall()
+        }
+        for staged in group:
+            attempt = staged.attempt
+            n, first, last = counts.get(attempt.load_id, (0, 1, 0))
+            if (n, first, last) != (attempt.rows_in, 1, attempt.rows_in):
+                raise _NotBatchable(f"{attempt.obj.key}: {n} rows for {attempt.rows_in} lines")
+            attempt.rows_loaded = n
+            _reject_uncastable(conn, attempt)
+            attempt.rows_rejected = _reject_counts(conn, attempt.load_id)[0]
+            attempt.status = "loaded"
+            _record(conn, attempt, bucket)
+        conn.execute("drop table elt_batch_files")
+        _crash_point("insert")
+        conn.execute("commit")
+        _crash_point("commit")
+    except (_NotBatchable, duckdb.Error) as exc:
+        conn.execute("rollback")
+        for staged in group:
+            staged.attempt.replaced = None
+            staged.attempt.rows_loaded = staged.attempt.rows_rejected = 0
+            staged.attempt.status = "failed"
+        raise _NotBatchable(str(exc)) from exc
+    results = [s.attempt.result() for s in group]
+    for result in results:
+        log.info(
+            "loaded %s: %d rows, %d rejected (batch of %d)",
+            result.key,
+            result.rows_loaded,
+            result.rows_rejected,
+            len(group),
+        )
+    return results
+
+
+def _add_columns_alone(
+    conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], key: str
+) -> None:
+    """Add new columns in a transaction of their own (no load is in flight)."""
+    if _new_columns(conn, dataset, names):
+        conn.execute("begin transaction")
+        try:
+            _add_new_columns(conn, dataset, names, key)
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+
+
 def land_object(
     conn: duckdb.DuckDBPyConnection,
     s3: S3Client,
@@ -849,46 +1031,43 @@ def land_object(
         StorageError: the object could not be read from S3 (nothing recorded,
             so the next run tries again).
     """
-    run = run or _Run()
-    attempt = _Attempt(dataset=dataset, obj=obj)
     refusal = dataset.refusal(obj.key)
     if refusal:
-        return _settle(conn, attempt, bucket, "refused", refusal)
-    fmt = format_of(obj.key) or "csv"
-    meter = ContentMeter(text=fmt != "parquet")
+        return _settle(conn, _Attempt(dataset=dataset, obj=obj), bucket, "refused", refusal)
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        path = Path(tmp) / "object"
-        clock = time.monotonic()
-        corrupt: LoadError | None = None
-        try:
-            _download(s3, bucket, obj, path, meter, on_bytes)
-        except LoadError as exc:  # a corrupt compressed stream fails the object
-            corrupt = LoadError(f"{obj.key}: {exc}")
-        attempt.download_seconds = time.monotonic() - clock
-        attempt.sha256 = meter.sha256.hexdigest()
-        with run.lock:
-            settled = run.claims.get(attempt.sha256)
-            mine = settled is None
-            if mine:
-                run.claims[attempt.sha256] = threading.Event()
-        if settled is not None:
-            settled.wait()  # the same bytes are loading under another key: let it finish
-        try:
-            duplicate = _duplicate_of(conn, attempt, bucket)
-            if duplicate:
-                return _settle(conn, attempt, bucket, "duplicate", f"same bytes as {duplicate}")
-            _land_version(conn, attempt, bucket, path, meter, fmt, run, corrupt)
-        finally:
-            if mine:
-                run.claims[attempt.sha256].set()
+        staged = _stage(s3, bucket, dataset, obj, Path(tmp), on_bytes)
+        return _finish(conn, staged, bucket, run or _Run())
+
+
+def _finish(conn: duckdb.DuckDBPyConnection, staged: _Staged, bucket: str, run: _Run) -> LoadResult:
+    """Settle a staged object: duplicate, or loaded / failed in its own transaction."""
+    attempt = staged.attempt
+    assert attempt.sha256 is not None
+    with run.lock:
+        settled = run.claims.get(attempt.sha256)
+        mine = settled is None
+        if mine:
+            run.claims[attempt.sha256] = threading.Event()
+    if settled is not None:
+        settled.wait()  # the same bytes are loading under another key: let it finish
+    try:
+        duplicate = _duplicate_of(conn, attempt, bucket)
+        if duplicate:
+            return _settle(conn, attempt, bucket, "duplicate", f"same bytes as {duplicate}")
+        _land_version(
+            conn, attempt, bucket, staged.path, staged.meter, staged.fmt, run, staged.corrupt
+        )
+    finally:
+        if mine:
+            run.claims[attempt.sha256].set()
     result = attempt.result()
     if result.error:
         log.error("failed to load %s", result.error)
     else:
         log.info(
             "loaded %s: %d rows, %d rejected, in %.1fs",
-            obj.key,
+            result.key,
             result.rows_loaded,
             result.rows_rejected,
             result.seconds,
@@ -968,11 +1147,15 @@ def land_all(
     workdir: Path,
     on_object: Callable[[ObjectInfo], Callable[[int], None] | None] | None = None,
 ) -> list[LoadResult]:
-    """Land every pending object version of every dataset, several at a time.
+    """Land every pending object version of every dataset.
 
-    Each object lands in its own transaction on its own cursor, so objects
-    land in parallel (as many as DuckDB has threads) and one object's failure
-    or crash never touches another's rows.
+    All pending objects are first staged (downloaded, hashed, counted) in
+    parallel. Plain CSV objects of one dataset sharing a header then land
+    together in one multi-file statement and one transaction (the fast path,
+    as parallel as a bare ``create table as``); if such a batch meets a bad
+    row, it is rolled back and its objects take the one-object path with the
+    rest: each object in its own transaction on its own cursor, several at a
+    time, so one object's failure never touches another's rows.
 
     Args:
         conn: Read-write connection to the warehouse.
@@ -1003,18 +1186,81 @@ def land_all(
     run = _Run()
     threads = conn.execute("select current_setting('threads')").fetchone()
     workers = max(1, min(len(jobs), int(threads[0]) if threads else 1))
+    results: dict[int, LoadResult] = {}
+    staged: dict[int, _Staged] = {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(dir=workdir) as tmp,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="land") as pool,
+    ):
 
-    def work(dataset: Dataset, obj: ObjectInfo) -> LoadResult:
-        on_bytes = on_object(obj) if on_object else None
-        cursor = conn.cursor()
-        try:
-            return land_object(cursor, s3, bucket, dataset, obj, workdir, on_bytes, run)
-        finally:
-            cursor.close()
+        def stage(index: int, dataset: Dataset, obj: ObjectInfo) -> _Staged | None:
+            if dataset.refusal(obj.key):
+                return None
+            on_bytes = on_object(obj) if on_object else None
+            return _stage(s3, bucket, dataset, obj, Path(tmp) / str(index), on_bytes)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="land") as pool:
-        futures = [pool.submit(work, dataset, obj) for dataset, obj in jobs]
-        return [future.result() for future in futures]
+        staging = [pool.submit(stage, i, dataset, obj) for i, (dataset, obj) in enumerate(jobs)]
+        for index, future in enumerate(staging):
+            done = future.result()
+            dataset, obj = jobs[index]
+            if done is None:
+                refusal = dataset.refusal(obj.key) or "refused"
+                results[index] = _settle(conn, _Attempt(dataset, obj), bucket, "refused", refusal)
+            else:
+                staged[index] = done
+
+        def land_batch(members: list[int], names: list[str]) -> list[LoadResult]:
+            cursor = conn.cursor()
+            try:
+                return _land_batch(cursor, [staged[i] for i in members], names, bucket)
+            finally:
+                cursor.close()
+
+        for members, names in _batches(conn, staged, bucket):
+            first = staged[members[0]].attempt
+            _add_columns_alone(conn, first.dataset, names, first.obj.key)
+            # One statement per worker: a multi-file scan numbering rows in order
+            # (`with ordinality`) reads its files one after the other.
+            shares = [members[w::workers] for w in range(workers) if members[w::workers]]
+            batches = [(share, pool.submit(land_batch, share, names)) for share in shares]
+            for share, batch in batches:
+                try:
+                    landed = batch.result()
+                except _NotBatchable as exc:
+                    log.info("batch of %d objects: %s; landing them one by one", len(share), exc)
+                    continue
+                for index, result in zip(share, landed, strict=True):
+                    results[index] = result
+                    del staged[index]
+
+        def finish(index: int) -> LoadResult:
+            cursor = conn.cursor()
+            try:
+                return _finish(cursor, staged[index], bucket, run)
+            finally:
+                cursor.close()
+
+        finishing = {index: pool.submit(finish, index) for index in staged}
+        for index, finished in finishing.items():
+            results[index] = finished.result()
+    return [results[i] for i in range(len(jobs))]
+
+
+def _batches(
+    conn: duckdb.DuckDBPyConnection, staged: dict[int, _Staged], bucket: str
+) -> list[tuple[list[int], list[str]]]:
+    """Groups of two or more staged objects that can land in one statement."""
+    copies = Counter(s.attempt.sha256 for s in staged.values())
+    groups: dict[tuple[str, tuple[str, ...], str], list[int]] = {}
+    for index, item in staged.items():
+        if copies[item.attempt.sha256] > 1:
+            continue  # the same bytes twice: the one-object path settles the duplicate
+        names = _batchable(conn, item, bucket)
+        if names is not None:
+            group = (item.attempt.dataset.name, names, item.meter.compression)
+            groups.setdefault(group, []).append(index)
+    return [(members, list(key[1])) for key, members in groups.items() if len(members) > 1]
 
 
 def recent(conn: duckdb.DuckDBPyConnection, limit: int = 20) -> list[dict[str, object]]:

@@ -63,7 +63,8 @@ OnObject = Callable[[ObjectInfo], Callable[[int], None] | None]
 def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) -> list[LoadResult]:
     """Land every new object version under ``raw/<dataset>/`` of each declared dataset.
 
-    Then writes each touched dataset's quarantine to ``marts/_rejects/<dataset>.csv``.
+    Then writes each touched dataset's quarantine to ``marts/_rejects/<dataset>.csv``
+    (when it changed, or is not there yet).
 
     Raises:
         StorageError, BusyError, ConfigError: listing/reading S3 failed, the
@@ -78,7 +79,11 @@ def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
             conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object
         )
         for name in sorted({r.dataset for r in results}):
-            export_rejects(conn, settings.lake.bucket, registry[name])
+            touched = [r for r in results if r.dataset == name]
+            changed = any(r.rows_rejected or r.replaced for r in touched)
+            key = f"{MARTS_PREFIX}_rejects/{name}.csv"
+            if changed or not s3_mod.exists(s3, settings.lake.bucket, key):
+                export_rejects(conn, settings.lake.bucket, registry[name])
     return results
 
 

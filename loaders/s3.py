@@ -150,6 +150,21 @@ def upload(s3: S3Client, path: Path, bucket: str, key: str) -> None:
         raise StorageError(f"upload of {path} to s3://{bucket}/{key} failed: {exc}") from exc
 
 
+def exists(s3: S3Client, bucket: str, key: str) -> bool:
+    """Whether ``s3://bucket/key`` exists.
+
+    Raises:
+        StorageError: the check itself failed (not a 404).
+    """
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise StorageError(f"s3://{bucket}/{key}: {exc}") from exc
+    return True
+
+
 def presigned_get(s3: S3Client, bucket: str, key: str, expires_s: int = 3600) -> str:
     """A presigned GET URL for ``s3://bucket/key``, valid ``expires_s`` seconds.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 
 import duckdb
 import pytest
@@ -365,3 +366,39 @@ def test_registry_reads_declared_columns_from_the_source_yaml() -> None:
         "entries",
         "exits",
     ]
+
+
+def test_clean_objects_land_as_one_batch_with_their_own_row_numbers(fresh: Elt, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="loaders.land")
+    for n in range(3):
+        fresh.put(f"raw/turnstile/batch_{n}.csv", week_csv(3 + n, day=f"06/0{n + 1}/2024"))
+    assert load(fresh) == ", ".join(
+        f"raw/turnstile/batch_{n}.csv:loaded:{3 + n}:0" for n in range(3)
+    )
+    # two workers: one batch of two objects, one of one
+    assert "(batch of 2)" in caplog.text and "(batch of 1)" in caplog.text
+    assert fresh.query(
+        "select _source_key, min(_source_row_number), max(_source_row_number), count(distinct _load_id) "
+        "from raw.turnstile group by 1 order by 1"
+    ) == [(f"raw/turnstile/batch_{n}.csv", 1, 3 + n, 1) for n in range(3)]
+
+
+def test_a_batch_meeting_a_bad_row_lands_its_objects_one_by_one(fresh: Elt, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="loaders.land")
+    fresh.put("raw/turnstile/clean_1.csv", week_csv(2, day="07/01/2024"))
+    fresh.put("raw/turnstile/clean_2.csv", week_csv(2, day="07/02/2024"))
+    fresh.put(
+        "raw/turnstile/ragged.csv",
+        week_csv(3, day="07/03/2024").replace(b"1001,100\n", b"1001,100,x\n"),
+    )
+    assert load(fresh) == ", ".join(
+        [
+            "raw/turnstile/clean_1.csv:loaded:2:0",
+            "raw/turnstile/clean_2.csv:loaded:2:0",
+            "raw/turnstile/ragged.csv:loaded:2:1",
+        ]
+    )
+    # clean_1 and ragged share a batch (workers take every other object): it falls back
+    assert "batch of 2 objects: 1 rejected row(s); landing them one by one" in caplog.text
+    assert fresh.query("select count(*), count(distinct _load_id) from raw.turnstile") == [(6, 3)]
+    assert fresh.query("select count(*), count(distinct key) from elt.ledger") == [(3, 3)]
