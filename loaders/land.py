@@ -806,13 +806,7 @@ def _prepare(
     columns = _columns_of(conn, attempt, path, fmt, meter.compression)
     if _new_columns(conn, attempt.dataset, columns[1]):
         with run.guard.exclusive():
-            conn.execute("begin transaction")
-            try:
-                _add_new_columns(conn, attempt.dataset, columns[1], key)
-                conn.execute("commit")
-            except BaseException:
-                conn.execute("rollback")
-                raise
+            _add_columns_alone(conn, attempt.dataset, columns[1], key)
     return columns, has_quote, lines
 
 
@@ -982,7 +976,7 @@ def _land_batch(
 def _add_columns_alone(
     conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], key: str
 ) -> None:
-    """Add new columns in a transaction of their own (no load is in flight)."""
+    """Add new columns in a transaction of their own, while no load is in flight."""
     if _new_columns(conn, dataset, names):
         conn.execute("begin transaction")
         try:

@@ -72,6 +72,14 @@ class Elt:
         with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as conn:
             return conn.execute(sql, params or []).fetchall()
 
+    def reset(self) -> None:
+        """Empty the bucket and delete the warehouse: the next run starts from nothing."""
+        client = self.s3()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="lake"):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket="lake", Key=obj["Key"])
+        self.settings.warehouse_path.unlink(missing_ok=True)
+
     def put(self, key: str, body: bytes) -> None:
         self.s3().put_object(Bucket=self.settings.lake.bucket, Key=key, Body=body)
 

@@ -22,11 +22,7 @@ FILES = {
 
 
 def reset(elt: Elt) -> None:
-    client = elt.s3()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket="lake"):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket="lake", Key=obj["Key"])
-    elt.settings.warehouse_path.unlink(missing_ok=True)
+    elt.reset()
     for key, body in FILES.items():
         elt.put(key, body)
 

@@ -21,11 +21,7 @@ ROW = "{i},A002,R051,02-00-00,59 ST,NQR456W,BMT,01/01/2024,0{i}:00:00,REGULAR,{e
 @pytest.fixture()
 def fresh(elt: Elt) -> Elt:
     """Each test starts from an empty warehouse and an empty bucket."""
-    client = elt.s3()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket="lake"):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket="lake", Key=obj["Key"])
-    elt.settings.warehouse_path.unlink(missing_ok=True)
+    elt.reset()
     return elt
 
 
