@@ -31,21 +31,12 @@ from typing import Any
 import yaml
 
 from loaders.errors import ConfigError
+from loaders.formats import SUFFIXES, format_of
 
 # libyaml's safe loader when present: ten times faster on the models folder.
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 RAW_SCHEMA = "raw"
-SUPPORTED_SUFFIXES = (
-    ".csv",
-    ".csv.gz",
-    ".csv.zst",
-    ".jsonl",
-    ".jsonl.gz",
-    ".ndjson",
-    ".ndjson.gz",
-    ".parquet",
-)
 TEXT_TYPES = {"varchar", "text", "string"}
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
@@ -94,8 +85,9 @@ class Dataset:
         name = key[len(self.prefix) :]
         if not key.startswith(self.prefix) or "/" in name or not name:
             return f"{key}: refused: objects must sit directly under {self.prefix}"
-        if not name.lower().endswith(SUPPORTED_SUFFIXES):
-            return f"{key}: refused: unsupported file type (use {', '.join(SUPPORTED_SUFFIXES)})"
+        if format_of(name) is None:
+            suffixes = ", ".join(suffix for suffix, _ in SUFFIXES)
+            return f"{key}: refused: unsupported file type (use {suffixes})"
         if self.key_pattern and not re.fullmatch(self.key_pattern, name):
             return f"{key}: refused: file name does not match key_pattern {self.key_pattern!r}"
         return None

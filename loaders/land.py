@@ -987,55 +987,17 @@ def _add_columns_alone(
             raise
 
 
-def land_object(
-    conn: duckdb.DuckDBPyConnection,
-    s3: S3Client,
-    bucket: str,
-    dataset: Dataset,
-    obj: ObjectInfo,
-    workdir: Path,
-    on_bytes: Callable[[int], None] | None = None,
-    run: _Run | None = None,
-) -> LoadResult:
-    """Land one object version, or record why not.
-
-    Refuses a key the dataset does not allow; streams the object to a
-    temporary file under ``workdir`` while hashing it and counting its lines;
-    skips it as a duplicate if the same bytes are loaded under another key;
-    reads its columns (adding new ones to the table); then, in one
-    transaction, replaces the key's previous version, inserts the good rows,
-    quarantines the bad ones, reconciles ``rows in = loaded + rejected`` and
-    writes the ledger row.
-
-    Args:
-        conn: A connection (or cursor) of its own: the transaction is its.
-        s3: Client for ``bucket``.
-        bucket: Bucket of the object.
-        dataset: Dataset the object's prefix belongs to.
-        obj: The object version listed (key, ETag, size).
-        workdir: Where the object is staged while it loads.
-        on_bytes: Fed the size of each chunk read.
-        run: State shared with the other objects of a parallel run.
-
-    Returns:
-        A ``LoadResult``. ``failed`` means nothing of the object was kept; its
-        ledger row keeps it from being tried again until a new version arrives.
-
-    Raises:
-        StorageError: the object could not be read from S3 (nothing recorded,
-            so the next run tries again).
-    """
-    refusal = dataset.refusal(obj.key)
-    if refusal:
-        return _settle(conn, _Attempt(dataset=dataset, obj=obj), bucket, "refused", refusal)
-    workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        staged = _stage(s3, bucket, dataset, obj, Path(tmp), on_bytes)
-        return _finish(conn, staged, bucket, run or _Run())
-
-
 def _finish(conn: duckdb.DuckDBPyConnection, staged: _Staged, bucket: str, run: _Run) -> LoadResult:
-    """Settle a staged object: duplicate, or loaded / failed in its own transaction."""
+    """Settle one staged object on the one-object path, in its own transaction.
+
+    Skips it as a duplicate if the same bytes are loaded under another key
+    (waiting for an in-flight object with those bytes first); otherwise reads
+    its columns (adding new ones to the table) and, in one transaction,
+    replaces the key's previous version, inserts the good rows, quarantines
+    the bad ones, reconciles ``rows in = loaded + rejected`` and writes the
+    ledger row. ``failed`` means nothing of the object was kept; its ledger
+    row keeps it from being tried again until a new version arrives.
+    """
     attempt = staged.attempt
     assert attempt.sha256 is not None
     with run.lock:
