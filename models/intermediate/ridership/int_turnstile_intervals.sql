@@ -50,7 +50,8 @@ recent_readings as (
 
     where
         reading_at >= (
-            select min(changed_from) - interval 7 day from changed_turnstiles
+            select min(earliest.changed_from) - interval 7 day
+            from changed_turnstiles as earliest
         )
 
 ),
@@ -127,7 +128,8 @@ window_input as (
     -- Cheap prefilter before the join: nothing older than the oldest anchor.
     where
         readings.reading_at >= (
-            select min(coalesce(anchors.anchor_at, anchors.changed_from)) from anchors
+            select min(coalesce(oldest.anchor_at, oldest.changed_from))
+            from anchors as oldest
         )
 
 ),

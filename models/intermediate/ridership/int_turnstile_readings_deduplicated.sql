@@ -32,15 +32,26 @@ new_readings as (
 
 ),
 
+new_keys as (
+
+    select distinct
+        turnstile_id,
+        reading_at
+
+    from new_readings
+
+),
+
 current_winners as (
 
     -- The reading kept so far at each of those turnstile times: it already
     -- beat every older reading there, so only it competes with the new ones.
-    select built.* exclude (_refreshed_at)
+    -- Its _refreshed_at is set anew below.
+    select built.* exclude (_refreshed_at)  -- noqa: RF02
 
     from {{ this }} as built
 
-    inner join (select distinct turnstile_id, reading_at from new_readings) as new_keys
+    inner join new_keys
         on
             built.turnstile_id = new_keys.turnstile_id
             and built.reading_at = new_keys.reading_at
