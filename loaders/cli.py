@@ -4,13 +4,14 @@ turns :class:`~loaders.errors.EltError` into one line and an exit code."""
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -23,8 +24,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from loaders import land, local_s3, pipeline, warehouse
+from loaders import land, local_s3, logs, pipeline, receipts, warehouse
 from loaders import s3 as s3_mod
+from loaders import watch as watch_mod
 from loaders.config import Settings, load_settings
 from loaders.errors import EltError
 from loaders.s3 import ObjectInfo
@@ -58,18 +60,19 @@ def _reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_format: Annotated[
+        LogFormat, typer.Option("--log-format", help="Log lines as text or JSON lines.")
+    ] = LogFormat.text,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # boto's debug logs print request headers; keep them out even with -v.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(verbose, log_format.value)
 
 
 def _settings(target: str | None) -> Settings:
@@ -140,6 +143,11 @@ def _progress() -> Iterator[pipeline.OnObject]:
         yield on_object
 
 
+class Trigger(StrEnum):
+    manual = "manual"
+    watch = "watch"
+
+
 @app.command()
 @_reports_errors
 def run(
@@ -150,15 +158,33 @@ def run(
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for another run on this ELT_HOME.", min=0)
     ] = 60.0,
+    downstream_only: Annotated[
+        bool,
+        typer.Option(
+            "--downstream-only",
+            help="Build only models downstream of datasets that gained rows (none: no build).",
+        ),
+    ] = False,
+    trigger: Annotated[
+        Trigger, typer.Option(help="Recorded in the run receipt.", hidden=True)
+    ] = Trigger.manual,
 ) -> None:
-    """Load new raw objects, dbt build, export the marts."""
+    """Load new raw objects, dbt build, export the marts; write the run receipt."""
     settings = _settings(target)
     with _progress() as on_object:
-        report = pipeline.run(settings, on_object=on_object, full_refresh=full_refresh, wait_s=wait)
+        report = pipeline.run(
+            settings,
+            on_object=on_object,
+            full_refresh=full_refresh,
+            wait_s=wait,
+            trigger=trigger.value,
+            downstream_only=downstream_only,
+        )
+    built = f"dbt ran {len(report.dbt_nodes)} node(s)" if report.built else "nothing to build"
     out.print(
-        f"loaded {len(report.loads)} object(s), {report.rows_loaded} row(s), "
-        f"{report.rows_rejected} rejected; dbt ran {len(report.dbt_nodes)} node(s); exported "
-        + ", ".join(f"{o.key} ({o.size} bytes)" for o in report.exports),
+        f"run {report.run_id}: loaded {len(report.loads)} object(s), {report.rows_loaded} row(s), "
+        f"{report.rows_rejected} rejected; {built}; exported "
+        + (", ".join(f"{o.key} ({o.size} bytes)" for o in report.exports) or "nothing"),
         markup=False,
         highlight=False,
         soft_wrap=True,
@@ -167,37 +193,83 @@ def run(
 
 @app.command()
 @_reports_errors
-def status(
-    limit: Annotated[int, typer.Option(help="How many object versions to list.", min=1)] = 20,
+def watch(
+    interval: Annotated[
+        float, typer.Option(help="Seconds between two listings of raw/.", min=0.5)
+    ] = 10.0,
+    settle: Annotated[
+        float, typer.Option(help="Quiet seconds after the last new upload before a run.", min=0)
+    ] = 2.0,
     target: TargetOption = None,
 ) -> None:
-    """List recent object versions: rows loaded/rejected, status, duration, failure reason."""
+    """Run the pipeline whenever new objects land under raw/, until SIGTERM or Ctrl-C."""
     settings = _settings(target)
-    if not settings.warehouse_path.exists():
-        out.print("nothing loaded yet")
-        return
-    with warehouse.connect(settings.warehouse_path, None, wait_s=5) as conn:
-        land.ensure_tables(conn, [])
-        rows = land.recent(conn, limit)
-    columns = (
-        "key",
-        "etag",
-        "status",
-        "rows_in",
-        "rows_loaded",
-        "rows_rejected",
-        "seconds",
-        "error",
-    )
-    cells = [["" if row[c] is None else str(row[c]) for c in columns] for row in rows]
-    if not out.is_terminal:  # one tab-separated line per object version, for scripts
+    root = logging.getLogger()
+    verbose = root.level <= logging.DEBUG
+    log_format = "json" if isinstance(root.handlers[0].formatter, logs.JsonFormatter) else "text"
+    command = watch_mod.run_command(settings, verbose, log_format)
+    watch_mod.watch(settings, command, interval_s=interval, settle_s=settle)
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """A rich table on a terminal; tab-separated lines (header first) for scripts."""
+    cells = [
+        ["" if row[c] is None else " | ".join(str(row[c]).splitlines()) for c in columns]
+        for row in rows
+    ]
+    if not out.is_terminal:
+        # typer.echo, not rich: rich expands tabs into spaces.
+        typer.echo(f"# {title}")
         for line in [list(columns), *cells]:
-            out.print("\t".join(line), markup=False, highlight=False, soft_wrap=True)
+            typer.echo("\t".join(line))
         return
-    table = Table(*columns)
+    table = Table(*columns, title=title)
     for line in cells:
         table.add_row(*line)
     out.print(table)
+
+
+@app.command()
+@_reports_errors
+def status(
+    limit: Annotated[
+        int, typer.Option(help="How many runs and object versions to list.", min=1)
+    ] = 20,
+    target: TargetOption = None,
+) -> None:
+    """Show the watcher, the last runs, and recent object versions with their outcome."""
+    settings = _settings(target)
+    state = watch_mod.read_state(settings.home)
+    if state is None:
+        out.print("watcher: never started", markup=False, highlight=False)
+    else:
+        last_exit = "-" if state.last_run_exit is None else state.last_run_exit
+        out.print(
+            f"watcher: {state.state} (pid {state.pid}, every {state.interval_s:g}s, "
+            f"{state.runs} run(s), last poll {state.last_poll_at or '-'}, "
+            f"last run exit {last_exit}" + (f", error: {state.error}" if state.error else "") + ")",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not settings.warehouse_path.exists():
+        out.print("nothing loaded yet")
+        return
+    try:
+        conn = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    except duckdb.IOException:
+        out.print("warehouse busy: a run is going on; try again when it ends")
+        return
+    try:
+        has_runs = warehouse.has_table(conn, receipts.RUNS)
+        runs = receipts.recent(conn, limit) if has_runs else []
+        objects = land.recent(conn, limit) if warehouse.has_table(conn, land.LEDGER) else []
+    finally:
+        conn.close()
+    run_columns = ("run_id", "trigger", "status", "seconds", "objects", "rows_loaded")
+    _print_table("runs", (*run_columns, "rows_rejected", "errors"), runs)
+    object_columns = ("key", "etag", "status", "rows_in", "rows_loaded", "rows_rejected")
+    _print_table("objects", (*object_columns, "seconds", "error"), objects)
 
 
 @app.command()
@@ -212,3 +284,7 @@ def url(
     key = f"{s3_mod.MARTS_PREFIX}{model}.csv"
     link = s3_mod.presigned_get(_client(settings), settings.lake.bucket, key, expires)
     out.print(link, markup=False, highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":  # `python -m loaders.cli`: how elt watch starts its runs
+    app()

@@ -19,8 +19,13 @@ from loaders.errors import BusyError
 
 
 @contextlib.contextmanager
-def exclusive(home: Path, wait_s: float = 60.0, name: str = "run") -> Iterator[None]:
+def exclusive(
+    home: Path, wait_s: float = 60.0, name: str = "run", busy: str | None = None
+) -> Iterator[None]:
     """Hold ``<home>/<name>.lock``, waiting up to ``wait_s`` seconds for another holder.
+
+    Args:
+        busy: Message of the ``BusyError``, ``{pid}`` standing for the holder's pid.
 
     Raises:
         BusyError: still held by another process after ``wait_s`` seconds.
@@ -37,6 +42,8 @@ def exclusive(home: Path, wait_s: float = 60.0, name: str = "run") -> Iterator[N
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = path.read_text().strip() or "?"
+                    if busy:
+                        raise BusyError(busy.replace("{pid}", holder)) from None
                     raise BusyError(
                         f"busy: another elt {name} (pid {holder}) is using {home}; "
                         f"waited {wait_s:.0f}s, try again later"

@@ -1,7 +1,9 @@
 """``elt run``: load new raw objects, ``dbt build``, check the exported marts.
 
 Each step raises :class:`~loaders.errors.StepError` naming itself, so the CLI
-can say in one line which step failed and why.
+can say in one line which step failed and why. Every run, successful or not,
+leaves a receipt (:mod:`loaders.receipts`) in ``elt.runs`` and at
+``marts/_runs/<run id>.json``.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loaders import datasets as datasets_mod
+from loaders import logs, receipts, warehouse
 from loaders import s3 as s3_mod
-from loaders import warehouse
 from loaders.config import Settings
 from loaders.errors import EltError, StepError, StorageError
-from loaders.land import LoadResult, export_rejects, land_all
+from loaders.land import LoadResult, export_rejects, land_all, new_load_id
 from loaders.lock import exclusive
 from loaders.s3 import MARTS_PREFIX, ObjectInfo
 
@@ -35,11 +39,15 @@ class RunReport:
     """What one ``elt run`` did.
 
     Attributes:
+        run_id: Id of the run (its receipt is ``marts/_runs/<run_id>.json``).
         loads: One result per object attempted (empty when nothing was new).
         dbt_nodes: ``(unique_id, status, seconds)`` per dbt node built or tested.
         exports: Exported mart objects (key, ETag, size in bytes).
+        built: Whether dbt ran (a watch run that landed nothing skips it).
     """
 
+    run_id: str = ""
+    built: bool = False
     loads: list[LoadResult] = field(default_factory=list)
     dbt_nodes: list[tuple[str, str, float]] = field(default_factory=list)
     exports: list[ObjectInfo] = field(default_factory=list)
@@ -121,9 +129,14 @@ def dbt(settings: Settings, args: list[str]) -> Any:
         str(settings.project_dir),
         "--target",
         settings.target,
+        # dbt's console lines go through our logging (run id, JSON, masking);
+        # logs/dbt.log keeps its own full debug log.
+        "--log-level",
+        "none",
+        "--no-use-colors",
     ]
     with _environment(settings.dbt_env()):
-        return dbtRunner().invoke(argv)
+        return dbtRunner(callbacks=[logs.dbt_event]).invoke(argv)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -149,33 +162,52 @@ def _failure_line(result: Any) -> str:
     return message if len(message) <= 400 else message[:397] + "..."
 
 
+@dataclass(frozen=True)
+class Built:
+    """What ``dbt build`` ran: every node, and the exporting models it built."""
+
+    nodes: list[tuple[str, str, float]]
+    exporting: dict[str, str]  # model name -> relation name (database.schema.table)
+
+
 def build(
-    settings: Settings, full_refresh: bool = False
-) -> tuple[list[tuple[str, str, float]], list[str]]:
+    settings: Settings,
+    full_refresh: bool = False,
+    select: list[str] | None = None,
+    nodes: list[tuple[str, str, float]] | None = None,
+) -> Built:
     """``dbt build`` (seeds, models, tests, exports) on the settings' target.
 
     Args:
         settings: Target and project.
         full_refresh: Rebuild incremental models from all history.
+        select: dbt selectors (``@source:mta.turnstile``); ``None`` builds all.
+        nodes: Filled with ``(unique_id, status, seconds)`` per node dbt ran,
+            also when the build fails.
 
     Returns:
-        ``(unique_id, status, seconds)`` for every node dbt ran, and the names
-        of the models it built that export a CSV (``meta.export``).
+        Every node dbt ran, and the models it built that export a CSV
+        (``meta.export``).
 
     Raises:
         StepError: a model, test or export failed.
     """
-    result = dbt(settings, ["build", "--full-refresh"] if full_refresh else ["build"])
+    args = ["build", *(["--full-refresh"] if full_refresh else [])]
+    if select:
+        args += ["--select", *select]
+    result = dbt(settings, args)
     results = getattr(result.result, "results", None) or []
-    nodes = [(n.node.unique_id, str(n.status), float(n.execution_time or 0.0)) for n in results]
+    ran = [(n.node.unique_id, str(n.status), float(n.execution_time or 0.0)) for n in results]
+    if nodes is not None:
+        nodes.extend(ran)
     if not result.success:
         raise StepError("dbt build", _failure_line(result))
-    exporting = [
-        n.node.name
+    exporting = {
+        n.node.name: n.node.relation_name
         for n in results
         if n.node.resource_type == "model" and (n.node.config.meta or {}).get("export")
-    ]
-    return nodes, exporting
+    }
+    return Built(ran, exporting)
 
 
 def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[ObjectInfo]:
@@ -197,11 +229,88 @@ def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[
     return exports
 
 
+def _row_counts(settings: Settings, relations: dict[str, str]) -> dict[str, int]:
+    """Rows of each exported mart (what its CSV holds below the header)."""
+    counts = {}
+    with warehouse.connect(settings.warehouse_path, None, config=settings.duckdb_config()) as conn:
+        for name, relation in relations.items():
+            row = conn.execute(f"select count(*) from {relation}").fetchone()
+            counts[name] = int(row[0]) if row else 0
+    return counts
+
+
+def _receipt_of(report: RunReport, receipt: receipts.Receipt, row_counts: dict[str, int]) -> None:
+    receipt.objects = [
+        {
+            "key": r.key,
+            "etag": r.etag,
+            "sha256": r.sha256,
+            "size_bytes": r.size,
+            "status": r.status,
+            "rows_loaded": r.rows_loaded,
+            "rows_rejected": r.rows_rejected,
+            "seconds": round(r.seconds, 3),
+            **({"error": r.error} if r.error else {}),
+        }
+        for r in report.loads
+    ]
+    receipt.dbt_nodes = [
+        {"unique_id": uid, "status": status, "seconds": round(seconds, 3)}
+        for uid, status, seconds in report.dbt_nodes
+    ]
+    receipt.exports = [
+        {
+            "key": o.key,
+            "etag": o.etag,
+            "size_bytes": o.size,
+            "rows": row_counts.get(o.key.removeprefix(MARTS_PREFIX).removesuffix(".csv")),
+        }
+        for o in report.exports
+    ]
+
+
+def _keep_receipt(settings: Settings, s3: S3Client | None, receipt: receipts.Receipt) -> None:
+    """Save the receipt in ``elt.runs`` and to S3; a failure here is logged, not raised.
+
+    The run's own outcome is what the caller reports: a receipt that cannot be
+    written (S3 down, say) must not hide it.
+    """
+    try:
+        # Same config as dbt's connection, which stays open in this process.
+        config = settings.duckdb_config()
+        with warehouse.connect(settings.warehouse_path, None, wait_s=10, config=config) as conn:
+            receipts.save(conn, receipt)
+    except Exception as exc:
+        log.warning("receipt %s not saved in %s: %s", receipt.run_id, receipts.RUNS, exc)
+    if s3 is None:
+        return
+    try:
+        receipts.publish(s3, settings.lake.bucket, receipt)
+    except EltError as exc:
+        log.warning("receipt %s not written to S3: %s", receipt.run_id, exc)
+
+
+def selectors(settings: Settings, loads: list[LoadResult]) -> list[str]:
+    """dbt selectors for what is downstream of the datasets that gained rows.
+
+    ``@source:<source>.<dataset>`` for each dataset with a loaded object: the
+    models downstream of it, plus what those models need (seeds, other
+    staging), which may not be built yet; unchanged incremental ancestors are
+    cheap no-ops. The tests on those nodes follow (dbt's eager indirect
+    selection), and only the marts among them are exported.
+    """
+    registry = datasets_mod.discover(settings.project_dir)
+    changed = sorted({r.dataset for r in loads if r.status == "loaded"})
+    return [f"@source:{registry[name].source}.{name}" for name in changed if name in registry]
+
+
 def run(
     settings: Settings,
     on_object: OnObject | None = None,
     full_refresh: bool = False,
     wait_s: float = 60.0,
+    trigger: str = "manual",
+    downstream_only: bool = False,
 ) -> RunReport:
     """Load new objects, build and test with dbt, and list the exports.
 
@@ -212,27 +321,60 @@ def run(
     version of a key replaced earlier rows, incremental models are rebuilt
     from all history (they only see added rows, not removed ones).
 
+    Args:
+        settings: Target, project and state directory.
+        on_object: Progress callback factory, see :data:`OnObject`.
+        full_refresh: Rebuild incremental models from all history.
+        wait_s: Seconds to wait for another run on this state directory.
+        trigger: ``manual`` or ``watch``, recorded in the receipt.
+        downstream_only: Build only what is downstream of the datasets that
+            gained rows, and nothing when none did (``elt watch``); otherwise
+            the whole project is built.
+
     Raises:
         BusyError: another run holds the state directory.
         StepError: the step that failed (``load``, ``dbt build`` or ``export``).
     """
-    report = RunReport()
-    with exclusive(settings.home, wait_s):
-        # Objects staged by a run that was killed: no one else can be using them.
-        shutil.rmtree(settings.home / "tmp", ignore_errors=True)
-        s3 = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
+    run_id = new_load_id()
+    report = RunReport(run_id=run_id)
+    receipt = receipts.Receipt(run_id=run_id, trigger=trigger)
+    clock = time.monotonic()
+    with logs.run_context(run_id), exclusive(settings.home, wait_s):
+        log.info("run %s started (%s)", run_id, trigger)
+        s3: S3Client | None = None
+        row_counts: dict[str, int] = {}
         try:
-            report.loads = load(settings, s3, on_object)
-        except EltError as exc:
-            raise StepError("load", str(exc)) from exc
-        replaced = any(r.replaced for r in report.loads)
-        if replaced:
-            log.info("a key got a new version: rebuilding incremental models in full")
-        report.dbt_nodes, exporting = build(settings, full_refresh or replaced)
-        try:
-            report.exports = exported_marts(settings, s3, exporting)
-        except EltError as exc:
-            raise StepError("export", str(exc)) from exc
-    if report.failed_loads:
-        raise StepError("load", *(r.error or r.key for r in report.failed_loads))
+            # Objects staged by a run that was killed: no one else can be using them.
+            shutil.rmtree(settings.home / "tmp", ignore_errors=True)
+            s3 = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
+            try:
+                report.loads = load(settings, s3, on_object)
+            except EltError as exc:
+                raise StepError("load", str(exc)) from exc
+            replaced = any(r.replaced for r in report.loads)
+            if replaced:
+                log.info("a key got a new version: rebuilding incremental models in full")
+            select = selectors(settings, report.loads) if downstream_only else None
+            receipt.selected = select or []
+            if select is None or select:
+                report.built = True
+                built = build(settings, full_refresh or replaced, select, report.dbt_nodes)
+                try:
+                    report.exports = exported_marts(settings, s3, list(built.exporting))
+                except EltError as exc:
+                    raise StepError("export", str(exc)) from exc
+                row_counts = _row_counts(settings, built.exporting)
+            if report.failed_loads:
+                raise StepError("load", *(r.error or r.key for r in report.failed_loads))
+            receipt.status = "success"
+        except BaseException as exc:
+            receipt.status = "failed"
+            receipt.errors = str(exc).splitlines() or [type(exc).__name__]
+            raise
+        finally:
+            receipt.finished_at = datetime.now(UTC).isoformat()
+            receipt.seconds = round(time.monotonic() - clock, 3)
+            _receipt_of(report, receipt, row_counts)
+            _keep_receipt(settings, s3, receipt)
+            log.info("run %s %s in %.1fs", run_id, receipt.status, receipt.seconds)
     return report

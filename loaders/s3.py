@@ -18,7 +18,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from loaders import local_s3
+from loaders import local_s3, logs
 from loaders.config import LakeConfig
 from loaders.errors import ConfigError, StorageError
 
@@ -69,6 +69,7 @@ def connection(lake: LakeConfig, home: Path) -> Connection:
     """
     if lake.is_local:
         creds = local_s3.credentials(home)
+        logs.register_secret(creds.secret_access_key)
         return Connection(
             endpoint_url=local_s3.endpoint(home),
             region=lake.region,
@@ -82,6 +83,8 @@ def connection(lake: LakeConfig, home: Path) -> Connection:
             "(set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use a role)"
         )
     frozen = found.get_frozen_credentials()
+    logs.register_secret(frozen.secret_key)
+    logs.register_secret(frozen.token)
     return Connection(
         endpoint_url=lake.endpoint,
         region=lake.region,

@@ -103,3 +103,13 @@ def connect(
         yield conn
     finally:
         conn.close()
+
+
+def has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether ``schema.table`` (as written, unquoted) exists in the connected database."""
+    schema, _, table = name.partition(".")
+    found = conn.execute(
+        "select 1 from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return found is not None

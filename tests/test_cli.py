@@ -20,9 +20,15 @@ def test_run_without_server_names_the_failed_step(tmp_path) -> None:
     stopped = Elt(tmp_path)
     proc = stopped.run("run", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("elt: ")] == [
         f"elt: the local S3 server is not running for {tmp_path}: run `elt up`"
     ]
+    # AND the failed run has its receipt
+    ((status, errors),) = stopped.query("select status, errors from elt.runs")
+    assert (status, errors) == (
+        "failed",
+        f"the local S3 server is not running for {tmp_path}: run `elt up`",
+    )
 
 
 def test_prod_target_without_bucket_says_what_to_set(elt: Elt) -> None:
