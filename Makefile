@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test lint docs down clean
+.PHONY: install browser demo test lint docs serve down clean
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -20,6 +20,16 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.synced
 
+# The browser test of `elt serve` drives Debian's chromium (no browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for tests/test_serve.py"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || { \
+			$(SUDO) apt-get update -qq && \
+			$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }; }
+
 demo: install
 	$(BIN)/elt up
 	$(BIN)/elt upload data/turnstile/*.csv.gz --dataset turnstile
@@ -30,7 +40,7 @@ demo: install
 		echo "first rows, fetched over plain HTTP:" && \
 		head -n 8 "$${ELT_HOME:-.elt}/turnstile_daily.csv"
 
-test: install lint
+test: install browser lint
 	$(BIN)/pytest
 
 lint: install
@@ -43,6 +53,10 @@ lint: install
 docs: install
 	$(BIN)/dbt docs generate --profiles-dir .
 	$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port 8080 --no-browser
+
+# The read-only page of published marts, rejects and a station chart.
+serve: install
+	$(BIN)/elt serve --port 8000
 
 down: install
 	$(BIN)/elt down

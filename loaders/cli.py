@@ -274,6 +274,25 @@ def status(
 
 @app.command()
 @_reports_errors
+def serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    target: TargetOption = None,
+) -> None:
+    """Serve a read-only page: published marts with fresh download links, rejects, a chart."""
+    import uvicorn  # only this command needs the web server
+
+    from loaders import serve as serve_mod
+
+    settings = _settings(target)
+    _client(settings)  # fail now, in one line, if S3 is not configured
+    app_ = serve_mod.create_app(lambda: _client(settings), settings.lake.bucket)
+    out.print(f"serving http://{host}:{port}/ (Ctrl-C to stop)", markup=False, highlight=False)
+    uvicorn.run(app_, host=host, port=port, log_config=None, access_log=True)
+
+
+@app.command()
+@_reports_errors
 def url(
     model: Annotated[str, typer.Argument(help="Mart name, e.g. turnstile_daily.")],
     expires: Annotated[int, typer.Option(help="Seconds the link stays valid.", min=1)] = 3600,
