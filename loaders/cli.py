@@ -90,7 +90,7 @@ def up(target: TargetOption = None) -> None:
     settings = _settings(target)
     if not settings.lake.is_local:
         raise EltError(f"target {settings.target} uses a remote S3 endpoint: nothing to start")
-    state = local_s3.start(settings.home)
+    state = local_s3.start(settings.home, settings.lake.bucket)
     if s3_mod.ensure_bucket(_client(settings), settings.lake.bucket):
         logging.getLogger(__name__).info("created bucket %s", settings.lake.bucket)
     out.print(state.endpoint_url, markup=False, highlight=False)

@@ -53,4 +53,4 @@ class Plugin(BasePlugin):
             self._connection = None
         warehouse.configure(conn, self._connection)
         # Registered in the database's catalog: dbt's cursors see them too.
-        publish.register_functions(conn, self.lake.bucket, lambda: self._connection)
+        publish.register_functions(conn, self.lake.bucket, resolve_home(), lambda: self._connection)

@@ -3,13 +3,22 @@
 Everything lives under ``<ELT_HOME>/s3``::
 
     credentials.json   access key pair generated on first start (mode 0600)
-    identities.json    SeaweedFS identity file built from it (mode 0600)
+    pipeline-credentials.json
+                       key pair of the least-privilege ``pipeline`` identity
+    identities.json    SeaweedFS identity file built from them (mode 0600)
     server.json        pid and ports of the running server
     data/              volumes and filer metadata
 
 The server binds to 127.0.0.1 only, enforces credentials (anonymous and
 wrongly-signed requests get 403) and takes free ports chosen at start, so two
 state directories can each run their own server side by side.
+
+Two identities: ``elt`` (full rights: ``elt up``, ``upload``, ``url``, tests)
+and ``pipeline``, which mirrors ``iam/elt-pipeline-policy.json``: read
+``raw/*``, write ``marts/*``, list the bucket (SeaweedFS cannot scope a
+listing to a prefix; the AWS policy does). ``ELT_LOCAL_IDENTITY=pipeline``
+makes the loader and dbt use it, which is how the tests prove a run needs no
+more than that policy.
 """
 
 from __future__ import annotations
@@ -87,13 +96,23 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def credentials(home: Path) -> Credentials:
-    """Return this install's local key pair, generating it on first use.
+IDENTITIES = ("elt", "pipeline")
+
+
+def credentials(home: Path, identity: str = "elt") -> Credentials:
+    """Return this install's local key pair of ``identity``, generating it on first use.
 
     Keys come from ``secrets`` (CSPRNG) and are stored in
-    ``<home>/s3/credentials.json`` with mode 0600; they never enter the repo.
+    ``<home>/s3/credentials.json`` (``pipeline-credentials.json`` for the
+    ``pipeline`` identity) with mode 0600; they never enter the repo.
+
+    Raises:
+        ServerError: ``identity`` is not one of :data:`IDENTITIES`.
     """
-    path = state_dir(home) / "credentials.json"
+    if identity not in IDENTITIES:
+        raise ServerError(f"no local identity {identity!r}: choose one of {', '.join(IDENTITIES)}")
+    name = "credentials.json" if identity == "elt" else f"{identity}-credentials.json"
+    path = state_dir(home) / name
     if path.exists():
         data = json.loads(path.read_text())
         return Credentials(data["access_key_id"], data["secret_access_key"])
@@ -105,15 +124,22 @@ def credentials(home: Path) -> Credentials:
     return creds
 
 
-def _write_identities(home: Path, creds: Credentials) -> Path:
-    """SeaweedFS identity file: one identity with full rights, no anonymous one."""
+def _write_identities(home: Path, bucket: str) -> Path:
+    """SeaweedFS identity file: ``elt`` with full rights, ``pipeline`` least privilege.
+
+    No anonymous identity: unsigned requests get 403.
+    """
     path = state_dir(home) / "identities.json"
-    identity = {
-        "name": "elt",
-        "credentials": [{"accessKey": creds.access_key_id, "secretKey": creds.secret_access_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    actions = {
+        "elt": ["Admin", "Read", "Write", "List", "Tagging"],
+        "pipeline": [f"List:{bucket}", f"Read:{bucket}/raw/*", f"Write:{bucket}/marts/*"],
     }
-    _write_private(path, json.dumps({"identities": [identity]}))
+    identities = []
+    for name, allowed in actions.items():
+        creds = credentials(home, name)
+        key = {"accessKey": creds.access_key_id, "secretKey": creds.secret_access_key}
+        identities.append({"name": name, "credentials": [key], "actions": allowed})
+    _write_private(path, json.dumps({"identities": identities}))
     return path
 
 
@@ -206,8 +232,10 @@ def _command(home: Path, ports: dict[str, int], identities: Path) -> list[str]:
     ]
 
 
-def start(home: Path) -> ServerState:
+def start(home: Path, bucket: str = "lake") -> ServerState:
     """Start the server for ``home``, or return the one already running.
+
+    ``bucket`` scopes the ``pipeline`` identity's rights.
 
     Idempotent: a live server recorded in ``server.json`` that answers is reused.
 
@@ -223,8 +251,7 @@ def start(home: Path) -> ServerState:
         return running
     if running:  # alive but not answering: a stale or hung server
         stop(home)
-    creds = credentials(home)
-    identities = _write_identities(home, creds)
+    identities = _write_identities(home, bucket)
     ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True))
     log_dir = home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

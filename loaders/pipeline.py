@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loaders import datasets as datasets_mod
-from loaders import logs, receipts, warehouse
+from loaders import logs, publish, receipts, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings
 from loaders.errors import EltError, StepError, StorageError
@@ -71,8 +71,8 @@ OnObject = Callable[[ObjectInfo], Callable[[int], None] | None]
 def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) -> list[LoadResult]:
     """Land every new object version under ``raw/<dataset>/`` of each declared dataset.
 
-    Then writes each touched dataset's quarantine to ``marts/_rejects/<dataset>.csv``
-    (when it changed, or is not there yet).
+    Then writes the quarantine of each dataset it touched to
+    ``marts/_rejects/<dataset>.csv``.
 
     Raises:
         StorageError, BusyError, ConfigError: listing/reading S3 failed, the
@@ -86,12 +86,10 @@ def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
         results = land_all(
             conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object
         )
+        # Rewritten for each dataset this run touched: a run needs no right to
+        # read marts/ to know whether the file is there already.
         for name in sorted({r.dataset for r in results}):
-            touched = [r for r in results if r.dataset == name]
-            changed = any(r.rows_rejected or r.replaced for r in touched)
-            key = f"{MARTS_PREFIX}_rejects/{name}.csv"
-            if changed or not s3_mod.exists(s3, settings.lake.bucket, key):
-                export_rejects(conn, settings.lake.bucket, registry[name])
+            export_rejects(conn, settings.lake.bucket, registry[name])
     return results
 
 
@@ -210,8 +208,11 @@ def build(
     return Built(ran, exporting)
 
 
-def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[ObjectInfo]:
-    """Check that each of ``models`` has its CSV at ``marts/<model>.csv``.
+def exported_marts(settings: Settings, models: list[str]) -> list[ObjectInfo]:
+    """Check that each of ``models`` was published to ``marts/<model>.csv`` by this build.
+
+    Reads the publish manifest (:func:`loaders.publish.published`), not the
+    bucket: a run needs no permission to list or read ``marts/``.
 
     Returns:
         The exported objects (key, ETag, size).
@@ -219,12 +220,14 @@ def exported_marts(settings: Settings, s3: S3Client, models: list[str]) -> list[
     Raises:
         StorageError: an export is missing.
     """
-    found = {o.key: o for o in s3_mod.list_objects(s3, settings.lake.bucket, MARTS_PREFIX)}
+    found = publish.published(settings.home)
     exports = []
     for model in models:
         key = f"{MARTS_PREFIX}{model}.csv"
         if key not in found:
-            raise StorageError(f"s3://{settings.lake.bucket}/{key} is missing after dbt build")
+            raise StorageError(
+                f"s3://{settings.lake.bucket}/{key} was not published by this dbt build"
+            )
         exports.append(found[key])
     return exports
 
@@ -358,9 +361,10 @@ def run(
             receipt.selected = select or []
             if select is None or select:
                 report.built = True
+                publish.start(settings.home)
                 built = build(settings, full_refresh or replaced, select, report.dbt_nodes)
                 try:
-                    report.exports = exported_marts(settings, s3, list(built.exporting))
+                    report.exports = exported_marts(settings, list(built.exporting))
                 except EltError as exc:
                     raise StepError("export", str(exc)) from exc
                 row_counts = _row_counts(settings, built.exporting)

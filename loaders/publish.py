@@ -1,15 +1,25 @@
-"""Promote exported candidates to their published keys (the "publish" of write-audit-publish).
+"""Publish exported candidates to their keys (the "publish" of write-audit-publish).
 
-dbt's post-hook writes a mart to ``marts/_staging/<invocation>/<model>.csv``;
-the ``on-run-end`` hook calls the SQL functions registered here to copy a
-candidate whose tests passed to ``marts/<model>.csv`` (server-side, one
-request: readers see the old object or the new one) or to discard it.
+dbt's post-hook writes a mart to a local candidate file,
+``<ELT_HOME>/exports/<invocation>/<model>.csv`` (:func:`candidate_path`); the
+``on-run-end`` hook calls the SQL functions registered here to upload a
+candidate whose tests passed to ``marts/<model>.csv`` or to delete it.
+
+An upload is one ``PutObject`` (up to 5 GB): readers see the old object or
+the new one, never part of one, and a run needs no permission on the bucket
+but ``PutObject`` on ``marts/*`` to publish. Each published object is
+appended to ``<ELT_HOME>/exports/published.jsonl`` (key, ETag, size), which
+``elt run`` reads to check and report its exports without listing ``marts/``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -17,57 +27,91 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from loaders import s3 as s3_mod
 from loaders.errors import StorageError
+from loaders.s3 import ObjectInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
+EXPORTS_DIR = "exports"
+MANIFEST = "published.jsonl"
+_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-def publish_object(client: S3Client, bucket: str, candidate: str, final: str) -> int:
-    """Copy ``candidate`` to ``final`` in ``bucket``, check it, delete the candidate.
+
+def candidate_path(home: Path, invocation: str, model: str) -> Path:
+    """``<home>/exports/<invocation>/<model>.csv``, its folder created.
+
+    Raises:
+        ValueError: the invocation id or model name is not a plain file name.
+    """
+    for part in (invocation, model):
+        if not _SAFE.match(part):
+            raise ValueError(f"not a plain file name: {part!r}")
+    folder = home / EXPORTS_DIR / invocation
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{model}.csv"
+
+
+def publish_object(client: S3Client, bucket: str, candidate: Path, key: str, home: Path) -> int:
+    """Upload the ``candidate`` file to ``s3://bucket/key`` in one PUT, then delete the file.
 
     Returns:
         Size in bytes of the published object.
 
     Raises:
-        StorageError: the candidate is missing, or the copy did not produce an
-            object of the candidate's size (the previous ``final`` is then kept).
+        StorageError: the candidate is missing, or the PUT failed (the
+            previous object at ``key`` is then untouched).
     """
     try:
-        size = client.head_object(Bucket=bucket, Key=candidate)["ContentLength"]
-        client.copy_object(
-            Bucket=bucket, Key=final, CopySource={"Bucket": bucket, "Key": candidate}
-        )
-        published = client.head_object(Bucket=bucket, Key=final)["ContentLength"]
-    except (ClientError, BotoCoreError) as exc:
-        raise StorageError(
-            f"publishing s3://{bucket}/{candidate} to {final} failed: {exc}"
-        ) from exc
-    if published != size:
-        raise StorageError(f"s3://{bucket}/{final}: published {published} bytes, expected {size}")
-    client.delete_object(Bucket=bucket, Key=candidate)
-    log.info("published s3://%s/%s (%d bytes)", bucket, final, size)
+        size = candidate.stat().st_size
+        with candidate.open("rb") as body:
+            response = client.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType="text/csv; charset=utf-8"
+            )
+    except (ClientError, BotoCoreError, OSError) as exc:
+        raise StorageError(f"publishing {candidate} to s3://{bucket}/{key} failed: {exc}") from exc
+    published = ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=size)
+    with (home / EXPORTS_DIR / MANIFEST).open("a") as manifest:
+        manifest.write(json.dumps(published.__dict__) + "\n")
+    candidate.unlink()
+    log.info("published s3://%s/%s (%d bytes)", bucket, key, size)
     return size
 
 
-def discard_object(client: S3Client, bucket: str, candidate: str) -> None:
-    """Delete an unpublished candidate (absent is fine)."""
-    try:
-        client.delete_object(Bucket=bucket, Key=candidate)
-    except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"discarding s3://{bucket}/{candidate} failed: {exc}") from exc
+def discard_object(candidate: Path) -> None:
+    """Delete an unpublished candidate file (absent is fine)."""
+    candidate.unlink(missing_ok=True)
+
+
+def start(home: Path) -> None:
+    """Forget earlier candidates and the manifest (called before a build)."""
+    shutil.rmtree(home / EXPORTS_DIR, ignore_errors=True)
+    (home / EXPORTS_DIR).mkdir(parents=True)
+
+
+def published(home: Path) -> dict[str, ObjectInfo]:
+    """Objects published since :func:`start`, by key (the latest upload of each)."""
+    path = home / EXPORTS_DIR / MANIFEST
+    if not path.exists():
+        return {}
+    found = [ObjectInfo(**json.loads(line)) for line in path.read_text().splitlines() if line]
+    return {o.key: o for o in found}
 
 
 def register_functions(
     conn: duckdb.DuckDBPyConnection,
     bucket: str,
+    home: Path,
     connection: Callable[[], s3_mod.Connection | None],
 ) -> None:
-    """Register ``elt_publish_object(candidate, final)`` and ``elt_discard_object(key)``.
+    """Register the SQL functions of ``macros/export_mart.sql``.
 
-    ``connection`` is called when a function runs, so credentials are resolved
-    lazily (and a missing server fails the publish, not the connection).
+    ``elt_candidate_path(invocation, model)`` returns the local candidate file;
+    ``elt_publish_object(candidate, key)`` and ``elt_discard_object(candidate)``
+    publish or delete it. ``connection`` is called when a publish runs, so
+    credentials are resolved lazily (a missing server fails the publish, not
+    the connection).
     """
 
     def client() -> S3Client:
@@ -76,13 +120,19 @@ def register_functions(
             raise StorageError("S3 is not configured for dbt: is the local server up (`elt up`)?")
         return s3_mod.client(resolved)
 
-    def publish(candidate: str, final: str) -> int:
-        return publish_object(client(), bucket, candidate, final)
+    def path(invocation: str, model: str) -> str:
+        return str(candidate_path(home, invocation, model))
+
+    def publish(candidate: str, key: str) -> int:
+        return publish_object(client(), bucket, Path(candidate), key, home)
 
     def discard(candidate: str) -> str:
-        discard_object(client(), bucket, candidate)
+        discard_object(Path(candidate))
         return candidate
 
+    conn.create_function(
+        "elt_candidate_path", path, ["varchar", "varchar"], "varchar", side_effects=True
+    )
     conn.create_function(
         "elt_publish_object", publish, ["varchar", "varchar"], "bigint", side_effects=True
     )

@@ -8,6 +8,7 @@ standard AWS credential chain (environment, profile, SSO, role) otherwise.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def connection(lake: LakeConfig, home: Path) -> Connection:
         ConfigError: no AWS credentials found in the standard chain.
     """
     if lake.is_local:
-        creds = local_s3.credentials(home)
+        creds = local_s3.credentials(home, os.environ.get("ELT_LOCAL_IDENTITY") or "elt")
         logs.register_secret(creds.secret_access_key)
         return Connection(
             endpoint_url=local_s3.endpoint(home),
@@ -151,21 +152,6 @@ def upload(s3: S3Client, path: Path, bucket: str, key: str) -> None:
         s3.upload_file(str(path), bucket, key, Config=TRANSFER)
     except (ClientError, BotoCoreError, OSError) as exc:
         raise StorageError(f"upload of {path} to s3://{bucket}/{key} failed: {exc}") from exc
-
-
-def exists(s3: S3Client, bucket: str, key: str) -> bool:
-    """Whether ``s3://bucket/key`` exists.
-
-    Raises:
-        StorageError: the check itself failed (not a 404).
-    """
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise StorageError(f"s3://{bucket}/{key}: {exc}") from exc
-    return True
 
 
 def presigned_get(s3: S3Client, bucket: str, key: str, expires_s: int = 3600) -> str:

@@ -3,11 +3,13 @@
 
     A model opts in with `meta: {export: csv, primary_key: [...]}`. Its
     post-hook (after the model's transaction commits) writes the candidate to
-    s3://<bucket>/marts/_staging/<invocation id>/<model>.csv. At the end of the
-    run, publish_marts() copies a candidate to marts/<model>.csv only if the
-    model built and every test on it ran in this invocation and passed (warn
-    counts as passed); otherwise the candidate is discarded and the previously
-    published CSV stays as it was.
+    a local file, <ELT_HOME>/exports/<invocation id>/<model>.csv. At the end
+    of the run, publish_marts() uploads a candidate to marts/<model>.csv (one
+    PUT: readers see the old object or the new one) only if the model built
+    and every test on it ran in this invocation and passed (warn counts as
+    passed); otherwise the candidate is deleted and the previously published
+    CSV stays as it was. Candidates stay off the bucket, so a run needs only
+    PutObject on marts/* (see iam/elt-pipeline-policy.json).
 
     The CSV: header row, rows ordered by the primary key (an unchanged table
     exports identical bytes), columns starting with "_" left out, and text
@@ -20,7 +22,7 @@
             select {{ export_columns(this) }}
             from {{ this }}
             order by {{ order_by | join(', ') }}
-        ) to '{{ lake_uri(staging_key(this.identifier)) }}' (format csv, header true)
+        ) to '{{ candidate_path(this.identifier) }}' (format csv, header true)
     {%- endif -%}
 {% endmacro %}
 
@@ -49,33 +51,18 @@
 {%- endmacro %}
 
 
-{% macro staging_key(name) %}
-    {{- return('marts/_staging/' ~ invocation_id ~ '/' ~ name ~ '.csv') -}}
-{% endmacro %}
-
-
-{% macro lake_uri(key) %}
-    {{- return('s3://' ~ lake_bucket() ~ '/' ~ key) -}}
-{% endmacro %}
-
-
-{#- The bucket of the target's loaders.dbt_plugin block in profiles.yml. -#}
-{% macro lake_bucket() %}
-    {%- for plugin in target.get('plugins') or [] -%}
-        {%- if plugin.get('module') == 'loaders.dbt_plugin' and plugin.get('config', {}).get('bucket') -%}
-            {{- return(plugin['config']['bucket']) -}}
-        {%- endif -%}
-    {%- endfor -%}
-    {{- exceptions.raise_compiler_error("profiles.yml: target '" ~ target.name ~ "' has no loaders.dbt_plugin block with a bucket") -}}
+{#- Local file of a model's candidate: elt_candidate_path() is registered by loaders.dbt_plugin. -#}
+{% macro candidate_path(name) %}
+    {%- set found = run_query("select elt_candidate_path('" ~ invocation_id ~ "', '" ~ name ~ "')") -%}
+    {{- return(found.columns[0].values()[0]) -}}
 {% endmacro %}
 
 
 {#
     on-run-end: publish each exported model whose build and tests passed.
-    elt_publish_object() is registered by loaders.dbt_plugin: a server-side
-    S3 copy of the complete candidate to its final key, then the candidate's
-    deletion. The final key is replaced in one PUT: readers see the old CSV
-    or the new one, never part of one.
+    elt_publish_object() is registered by loaders.dbt_plugin: one PUT of the
+    complete candidate file to its final key, then the file's deletion.
+    Readers see the old CSV or the new one, never part of one.
 #}
 {% macro publish_marts(results) %}
     {%- if not execute -%}{{ return('') }}{%- endif -%}
@@ -98,7 +85,7 @@
                 {%- do blockers.append(test.name ~ ' ' ~ status) -%}
             {%- endif -%}
         {%- endfor -%}
-        {%- set candidate = staging_key(result.node.name) -%}
+        {%- set candidate = candidate_path(result.node.name) -%}
         {%- if blockers -%}
             {{ log("not publishing " ~ result.node.name ~ ": " ~ blockers | join(', '), info=true) }}
             {%- do statements.append("select elt_discard_object('" ~ candidate ~ "')") -%}

@@ -22,8 +22,15 @@ TEXT_COLUMNS = (
 
 
 def staged_candidates(elt: Elt) -> list[str]:
-    listing = elt.s3().list_objects_v2(Bucket="lake", Prefix="marts/_staging/")
-    return [o["Key"] for o in listing.get("Contents", [])]
+    """Candidate files left behind, and anything under marts/ but the published CSVs."""
+    left = [str(p) for p in (elt.home / "exports").rglob("*.csv")]
+    listing = elt.s3().list_objects_v2(Bucket="lake", Prefix="marts/")
+    stray = [
+        o["Key"]
+        for o in listing.get("Contents", [])
+        if not o["Key"].startswith(("marts/_rejects/", "marts/_runs/")) and o["Key"].count("/") > 1
+    ]
+    return left + stray
 
 
 def test_empty_mart_publishes_a_header_only_csv(elt: Elt) -> None:
@@ -99,10 +106,16 @@ def test_failing_test_keeps_the_previous_csv(elt: Elt, tmp_path: Path) -> None:
 def test_failing_export_fails_the_run_and_keeps_the_previous_csv(elt: Elt, tmp_path: Path) -> None:
     elt.run("run")
     before = elt.get("marts/turnstile_daily.csv")
-    # GIVEN a project whose export cannot be written (a bucket that does not exist)
+    # GIVEN a project whose export cannot be written (a folder that does not exist)
     copy = project_copy(tmp_path / "project")
     macro = copy / "macros" / "export_mart.sql"
-    macro.write_text(macro.read_text().replace("'s3://' ~ lake_bucket()", "'s3://no-such-bucket'"))
+    unwritable = "'/no-such-folder/' ~ this.identifier ~ '.csv'"
+    macro.write_text(
+        macro.read_text().replace(
+            "'{{ candidate_path(this.identifier) }}'", "'{{ " + unwritable + " }}'"
+        )
+    )
+    assert unwritable in macro.read_text()
     elt.put("raw/turnstile/300000_c.csv", week_csv(3, day="03/04/2024", start=7200))
     # WHEN run
     proc = elt.run("run", check=False, ELT_PROJECT_DIR=str(copy))
