@@ -28,9 +28,7 @@ import csv
 import gzip
 import io
 import logging
-import os
 import secrets
-import signal
 import tempfile
 import threading
 import time
@@ -46,6 +44,7 @@ import duckdb
 import zstandard
 from botocore.exceptions import BotoCoreError, ClientError
 
+from loaders import faults
 from loaders.datasets import RAW_SCHEMA, Dataset, normalise_name
 from loaders.errors import LoadError, StorageError
 from loaders.formats import PARQUET_MAGIC, ContentMeter, format_of
@@ -88,9 +87,6 @@ LEDGER_COLUMNS = (
 # Statuses that settle an object version: it is not tried again.
 SETTLED = ("loaded", "failed", "duplicate", "refused", "superseded")
 CHUNK = 8 * 2**20
-# Fault injection for the crash tests: ELT_KILL_AT=<point> makes the process
-# SIGKILL itself there (tests/test_faults.py). Points: download, insert, commit.
-KILL_AT = os.environ.get("ELT_KILL_AT")
 MAX_HEADER_BYTES = 1 << 20
 JSON_DELIMITER = "\x1e"  # cannot occur raw in valid JSON text: one line, one field
 
@@ -224,12 +220,6 @@ def pending(
             yield obj
 
 
-def _crash_point(name: str) -> None:
-    """Die here, as a crash would, when the crash tests ask for it."""
-    if name == KILL_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _download(
     s3: S3Client,
     bucket: str,
@@ -252,7 +242,7 @@ def _download(
             for chunk in body.iter_chunks(CHUNK):
                 meter.update(chunk)
                 out.write(chunk)
-                _crash_point("download")
+                faults.point("download")
                 if on_bytes:
                     on_bytes(len(chunk))
     except (ClientError, BotoCoreError, OSError) as exc:
@@ -951,9 +941,9 @@ def _land_batch(
             attempt.status = "loaded"
             _record(conn, attempt, bucket)
         conn.execute("drop table elt_batch_files")
-        _crash_point("insert")
+        faults.point("insert")
         conn.execute("commit")
-        _crash_point("commit")
+        faults.point("commit")
     except (_NotBatchable, duckdb.Error) as exc:
         conn.execute("rollback")
         for staged in group:
@@ -1051,9 +1041,9 @@ def _land_version(
             try:
                 _land(conn, attempt, bucket, path, meter, fmt, columns, has_quote, lines)
                 _record(conn, attempt, bucket)
-                _crash_point("insert")
+                faults.point("insert")
                 conn.execute("commit")
-                _crash_point("commit")
+                faults.point("commit")
             except BaseException:
                 # DuckDB keeps a transaction open after some errors: always roll back.
                 conn.execute("rollback")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import duckdb
 from botocore.exceptions import BotoCoreError, ClientError
 
+from loaders import faults
 from loaders import s3 as s3_mod
 from loaders.errors import StorageError
 from loaders.s3 import ObjectInfo
@@ -63,6 +64,7 @@ def publish_object(client: S3Client, bucket: str, candidate: Path, key: str, hom
         StorageError: the candidate is missing, or the PUT failed (the
             previous object at ``key`` is then untouched).
     """
+    faults.point("publish")
     try:
         size = candidate.stat().st_size
         with candidate.open("rb") as body:

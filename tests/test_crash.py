@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import BIN, PROJECT, Elt, week_csv
 
+pytestmark = pytest.mark.faults
+
 FILES = {
     "raw/turnstile/a.csv": week_csv(3, day="04/01/2024", start=100),
     "raw/turnstile/b.csv": week_csv(3, day="04/02/2024", start=200),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -12,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from loaders import local_s3
-from tests.conftest import Elt, started
+from tests.conftest import PROJECT, Elt, started
 
 
 def test_wrong_keys_get_403(elt: Elt) -> None:
@@ -50,10 +52,33 @@ def test_keys_are_generated_per_install_and_owner_only(elt: Elt, tmp_path) -> No
     mine = local_s3.credentials(elt.home)
     assert other.access_key_id != mine.access_key_id
     assert other.secret_access_key != mine.secret_access_key
-    for name in ("credentials.json", "identities.json"):
+    for name in ("credentials.json", "pipeline-credentials.json", "identities.json"):
         mode = stat.S_IMODE((elt.home / "s3" / name).stat().st_mode)
         assert mode == 0o600, name
     assert mine.secret_access_key not in repr(mine)
+    # AND no key file is, or could be, committed
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not [t for t in tracked if "credentials" in t or t.startswith(".elt/")]
+    ignored = subprocess.run(
+        ["git", "check-ignore", ".elt/s3/credentials.json"], cwd=PROJECT, capture_output=True
+    )
+    assert ignored.returncode == 0
+
+
+def test_a_presigned_url_stops_working_after_its_expiry(elt: Elt) -> None:
+    elt.put("marts/expiry_probe.csv", b"a\n1\n")
+    client = elt.s3()
+    link = client.generate_presigned_url(
+        "get_object", Params={"Bucket": "lake", "Key": "marts/expiry_probe.csv"}, ExpiresIn=2
+    )
+    with urllib.request.urlopen(link, timeout=10) as response:
+        assert response.read() == b"a\n1\n"
+    time.sleep(3)
+    with pytest.raises(urllib.error.HTTPError) as expired:
+        urllib.request.urlopen(link, timeout=10)
+    assert expired.value.code == 403
 
 
 def test_two_homes_run_side_by_side_and_stop(tmp_path_factory, elt: Elt) -> None:

@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from loaders import local_s3
+from loaders import local_s3, warehouse
+from loaders import s3 as s3_mod
 from tests.conftest import PROJECT, Elt, week_csv
 
 
@@ -84,6 +85,16 @@ def test_no_secret_in_logs_receipts_or_dbt_artifacts_even_in_debug(elt: Elt) -> 
     for path in Path(elt.home).rglob("*"):
         if path.is_file() and path.suffix in (".json", ".log") and path.parent.name != "s3":
             places[str(path)] = path.read_text(errors="replace")
+    # AND DuckDB holds the keys as a secret, redacted, not as a readable setting
+    with warehouse.connect(
+        elt.settings.warehouse_path, s3_mod.connection(elt.settings.lake, elt.home)
+    ) as conn:
+        places["duckdb_settings()"] = repr(
+            conn.execute("select * from duckdb_settings()").fetchall()
+        )
+        secrets = conn.execute("select secret_string from duckdb_secrets()").fetchall()
+        assert len(secrets) == 1
+        places["duckdb_secrets()"] = repr(secrets)
     leaks = [
         where
         for where, text in places.items()

@@ -1,0 +1,116 @@
+"""Real faults: the S3 server stops in the middle of a run.
+
+Each test pauses a real ``elt run`` at a named point (``ELT_PAUSE_AT``, see
+``loaders/faults.py``), stops the local S3 server for real, lets the run go
+on, and checks what must hold. Marked ``faults``: ``pytest -m faults`` runs
+them (with the crash tests) alone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from loaders import local_s3
+from tests.conftest import BIN, HEADER, PROJECT, Elt, week_csv
+
+pytestmark = pytest.mark.faults
+
+
+def big_week(turnstiles: int = 2500) -> bytes:
+    """A valid week: ``turnstiles`` turnstiles read every hour for 7 days (about 30 MB)."""
+    lines = [HEADER]
+    for t in range(turnstiles):
+        scp = f"{t // 10000:02d}-{t // 100 % 100:02d}-{t % 100:02d}"
+        for hour in range(7 * 24):
+            day, at = 1 + hour // 24, hour % 24
+            lines.append(
+                f"{hour},B{t % 50:03d},R{t % 400:03d},{scp},BIG ST,1,IRT,"
+                f"02/{day:02d}/2024,{at:02d}:00:00,REGULAR,{1000 + hour * 3},{500 + hour}"
+            )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def paused_run(elt: Elt, point: str, flag: Path) -> subprocess.Popen[str]:
+    """``elt run`` started and held at ``point`` (its flag file exists) until ``flag`` is removed."""
+    proc = subprocess.Popen(
+        [str(BIN / "elt"), "run"],
+        cwd=PROJECT,
+        env=elt.env(ELT_PAUSE_AT=point, ELT_PAUSE_FILE=str(flag)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the run never reached {point}"
+        time.sleep(0.1)
+    return proc
+
+
+def marts_keys(elt: Elt) -> list[str]:
+    listing = elt.s3().list_objects_v2(Bucket="lake", Prefix="marts/")
+    return sorted(o["Key"] for o in listing["Contents"])
+
+
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("elt: ")]
+
+
+def test_server_stops_while_the_loader_reads(elt: Elt, tmp_path: Path) -> None:
+    # GIVEN a 30 MB object, and a run paused after its first 8 MiB
+    elt.reset()
+    body = big_week()
+    assert len(body) > 3 * 8 * 2**20
+    elt.put("raw/turnstile/big.csv", body)
+    proc = paused_run(elt, "download", tmp_path / "paused")
+    # WHEN the S3 server stops, then the run goes on reading
+    local_s3.stop(elt.home)
+    (tmp_path / "paused").unlink()
+    _, stderr = proc.communicate(timeout=300)
+    # THEN the run fails in one clear line, and nothing of the object is committed
+    assert proc.returncode == 1
+    (line,) = errors(stderr)
+    assert line.startswith("elt: load failed: cannot read s3://lake/raw/turnstile/big.csv: ")
+    assert elt.query("select count(*) from raw.turnstile") == [(0,)]
+    assert elt.query("select count(*) from elt.ledger") == [(0,)]
+    # AND after a restart the next run loads it, once
+    elt.run("up")
+    elt.run("run")
+    assert elt.query("select count(*), count(distinct _source_row_number) from raw.turnstile") == [
+        (2500 * 168, 2500 * 168)
+    ]
+    assert elt.query("select status, rows_loaded from elt.ledger") == [("loaded", 2500 * 168)]
+
+
+def test_server_stops_during_the_export(elt: Elt, tmp_path: Path) -> None:
+    # GIVEN published marts
+    elt.reset()
+    elt.put("raw/turnstile/a.csv", week_csv(3, day="04/01/2024", start=100))
+    elt.run("run")
+    published = {m: elt.get(f"marts/{m}.csv") for m in ("turnstile_daily", "station_daily")}
+    keys_before = marts_keys(elt)
+    # AND a new day, whose run is paused just before its first PUT to marts/
+    elt.put("raw/turnstile/b.csv", week_csv(3, day="04/02/2024", start=200))
+    proc = paused_run(elt, "publish", tmp_path / "paused")
+    # WHEN the S3 server stops, then the export goes on
+    local_s3.stop(elt.home)
+    (tmp_path / "paused").unlink()
+    _, stderr = proc.communicate(timeout=300)
+    # THEN the run fails on dbt build (the on-run-end publish) in one line
+    assert proc.returncode == 1
+    (line,) = errors(stderr)
+    assert line.startswith("elt: dbt build failed: ")
+    # AND after a restart the published CSVs are the previous ones, nothing half-written is visible
+    elt.run("up")
+    assert {m: elt.get(f"marts/{m}.csv") for m in published} == published
+    # (the failed run's receipt could not be written either: it is in elt.runs only)
+    assert marts_keys(elt) == keys_before
+    assert elt.query("select status from elt.runs order by run_id desc limit 1") == [("failed",)]
+    # AND the next run publishes the new day
+    elt.run("run")
+    assert b",2024-04-02," in elt.get("marts/turnstile_daily.csv")
