@@ -398,3 +398,68 @@ def test_a_batch_meeting_a_bad_row_lands_its_objects_one_by_one(fresh: Elt, capl
     assert "batch of 2 objects: 1 rejected row(s); landing them one by one" in caplog.text
     assert fresh.query("select count(*), count(distinct _load_id) from raw.turnstile") == [(6, 3)]
     assert fresh.query("select count(*), count(distinct key) from elt.ledger") == [(3, 3)]
+
+
+# --- hostile encodings and volumes --------------------------------------------
+
+
+def test_latin_1_file_loads_its_ascii_rows_and_names_each_bad_line(fresh: Elt) -> None:
+    # GIVEN a file saved as latin-1: two rows name a station with an accent
+    text = week_csv(4).decode().replace(",59 ST,", ",MÜNCHEN ST,", 2)
+    fresh.put("raw/turnstile/latin1.csv", text.encode("latin-1"))
+    # WHEN loaded THEN the UTF-8-valid rows load, each other line is quarantined with its number
+    assert load(fresh) == "raw/turnstile/latin1.csv:loaded:2:2"
+    assert rejects(fresh) == [
+        ("raw/turnstile/latin1.csv", 2, "INVALID ENCODING"),
+        ("raw/turnstile/latin1.csv", 3, "INVALID ENCODING"),
+    ]
+
+
+def test_byte_order_mark_and_crlf_endings_land_like_plain_lf(fresh: Elt) -> None:
+    plain = week_csv(3)
+    fresh.put("raw/turnstile/lf.csv", plain)
+    fresh.put("raw/turnstile/bom_crlf.csv", b"\xef\xbb\xbf" + plain.replace(b"\n", b"\r\n"))
+    assert load(fresh) == "raw/turnstile/bom_crlf.csv:loaded:3:0, raw/turnstile/lf.csv:loaded:3:0"
+    by_key = fresh.query(
+        "select _source_key, list(ca || '|' || exits || '|' || time order by _source_row_number) "
+        "from raw.turnstile group by 1 order by 1"
+    )
+    assert (
+        by_key[0][1]
+        == by_key[1][1]
+        == [
+            "A002|100|00:00:00",
+            "A002|100|01:00:00",
+            "A002|100|02:00:00",
+        ]
+    )
+
+
+def test_header_with_jinja_and_sql_is_data_not_code(fresh: Elt) -> None:
+    # GIVEN extra columns whose names are Jinja and SQL
+    body = week_csv(1).replace(
+        b"EXITS\n", b"EXITS,{{ run_query('drop schema raw cascade') }},\"1); select 1; --\"\n"
+    )
+    fresh.put("raw/turnstile/jinja.csv", body.replace(b"100\n", b"100,j,s\n"))
+    # WHEN loaded (and dbt builds over the table) THEN they are plain, normalised columns
+    assert load(fresh) == "raw/turnstile/jinja.csv:loaded:1:0"
+    assert fresh.query(
+        'select run_query_drop_schema_raw_cascade, "1_select_1" from raw.turnstile'
+    ) == [("j", "s")]
+    fresh.run("run")
+    assert fresh.query("select count(*) from raw.turnstile") == [(1,)]
+
+
+def test_more_than_1000_objects_in_one_prefix_all_land(fresh: Elt) -> None:
+    # GIVEN 1,005 objects (S3 lists 1,000 per page)
+    client = fresh.s3()
+    for i in range(1005):
+        client.put_object(
+            Bucket="lake", Key=f"raw/turnstile/many_{i:04d}.csv", Body=week_csv(1, start=i)
+        )
+    # WHEN loaded THEN every one lands once
+    results = pipeline.load(fresh.settings, client)
+    assert len(results) == 1005 and {r.status for r in results} == {"loaded"}
+    assert fresh.query("select count(*), count(distinct _source_key) from raw.turnstile") == [
+        (1005, 1005)
+    ]
