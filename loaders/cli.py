@@ -257,7 +257,9 @@ def status(
         return
     try:
         conn = duckdb.connect(str(settings.warehouse_path), read_only=True)
-    except duckdb.IOException:
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise warehouse.unopenable(settings.warehouse_path, exc) from exc
         out.print("warehouse busy: a run is going on; try again when it ends")
         return
     try:

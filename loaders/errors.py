@@ -31,6 +31,10 @@ class LoadError(EltError):
     """An object could not be landed into the ``raw`` schema."""
 
 
+class WarehouseError(EltError):
+    """The DuckDB file cannot be opened: its write-ahead log does not replay, or it is damaged."""
+
+
 class BusyError(EltError):
     """Another process holds the warehouse or the state directory."""
 

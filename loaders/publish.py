@@ -46,6 +46,7 @@ def candidate_path(home: Path, invocation: str, model: str) -> Path:
     Raises:
         ValueError: the invocation id or model name is not a plain file name.
     """
+    faults.point("build")  # dbt is mid-build: a mart's table is committed, its export not
     for part in (invocation, model):
         if not _SAFE.match(part):
             raise ValueError(f"not a plain file name: {part!r}")

@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import duckdb_extension_httpfs
 
-from loaders.errors import BusyError, ConfigError
+from loaders.errors import BusyError, ConfigError, WarehouseError
 from loaders.s3 import Connection, duckdb_secret_options
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,25 @@ def configure(conn: duckdb.DuckDBPyConnection, s3: Connection | None) -> None:
         conn.execute(f"create or replace temporary secret {SECRET_NAME} (type s3, {options})")
 
 
+def unopenable(path: Path, exc: duckdb.Error) -> WarehouseError:
+    """The error for a warehouse DuckDB cannot open; its WAL is never touched.
+
+    DuckDB replays ``<file>.wal`` on open; when that fails (a damaged log) the
+    committed loads it holds are not lost, but not in the file yet either. We
+    stop and say so, and leave both files as they are for a human to decide.
+    """
+    wal = path.with_name(path.name + ".wal")
+    first = " ".join(str(exc).split())
+    if "WAL" in str(exc) and wal.exists():
+        return WarehouseError(
+            f"cannot open {path}: replaying its write-ahead log failed ({first}); "
+            f"nothing was changed or deleted: {wal.name} is kept next to it. "
+            "Restore both from a backup, or move the .wal aside to open the file "
+            "without its latest commits (the next `elt run` loads those objects again)"
+        )
+    return WarehouseError(f"cannot open {path}: {first}")
+
+
 @contextlib.contextmanager
 def connect(
     path: Path,
@@ -91,7 +110,7 @@ def connect(
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
-                raise
+                raise unopenable(path, exc) from exc
             if time.monotonic() >= deadline:
                 raise BusyError(
                     f"{path} is in use by another process (waited {wait_s:.0f}s): "

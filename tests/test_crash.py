@@ -1,8 +1,8 @@
 """Crashes and concurrent runs: nothing lost, nothing loaded twice.
 
-Each crash is real: the loader SIGKILLs itself at a named point
-(``ELT_KILL_AT``, see ``loaders/land.py``), then a plain ``elt run`` must
-converge to what an uninterrupted run publishes, byte for byte.
+Each crash is real: the run SIGKILLs itself at a named point (``ELT_KILL_AT``,
+see ``loaders/faults.py``: landing, mid-dbt build, export), then a plain
+``elt run`` must converge to what an uninterrupted run publishes, byte for byte.
 """
 
 from __future__ import annotations
@@ -29,16 +29,19 @@ def reset(elt: Elt) -> None:
         elt.put(key, body)
 
 
+MARTS = ("turnstile_daily", "station_daily")
+
+
 @pytest.fixture(scope="module")
-def reference(elt: Elt) -> bytes:
-    """The CSV an uninterrupted run publishes."""
+def reference(elt: Elt) -> dict[str, bytes]:
+    """The CSVs an uninterrupted run publishes."""
     reset(elt)
     elt.run("run")
-    return elt.get("marts/turnstile_daily.csv")
+    return {m: elt.get(f"marts/{m}.csv") for m in MARTS}
 
 
-@pytest.mark.parametrize("point", ["download", "insert", "commit"])
-def test_kill_9_then_rerun_converges(elt: Elt, reference: bytes, point: str) -> None:
+@pytest.mark.parametrize("point", ["download", "insert", "commit", "build", "publish"])
+def test_kill_9_then_rerun_converges(elt: Elt, reference: dict[str, bytes], point: str) -> None:
     # GIVEN two new objects WHEN the loader is killed at `point`
     reset(elt)
     killed = elt.run("run", check=False, ELT_KILL_AT=point)
@@ -52,8 +55,42 @@ def test_kill_9_then_rerun_converges(elt: Elt, reference: bytes, point: str) -> 
     assert elt.query(
         "select key, count(*) from elt.ledger where status = 'loaded' group by 1 order by 1"
     ) == [("raw/turnstile/a.csv", 1), ("raw/turnstile/b.csv", 1)]
-    assert elt.get("marts/turnstile_daily.csv") == reference
+    assert {m: elt.get(f"marts/{m}.csv") for m in MARTS} == reference
     assert not any((elt.home / "tmp").glob("*"))
+
+
+def test_a_wal_left_by_a_crash_replays_and_a_damaged_one_is_kept(elt: Elt) -> None:
+    # GIVEN a run killed mid-build: its loads are committed, in a WAL not yet checkpointed
+    reset(elt)
+    assert elt.run("run", check=False, ELT_KILL_AT="build").returncode == -signal.SIGKILL
+    path = elt.settings.warehouse_path
+    wal = path.with_name(path.name + ".wal")
+    assert wal.exists() and wal.stat().st_size > 0
+    saved = (path.read_bytes(), wal.read_bytes())
+    # WHEN the WAL is damaged (bytes in its middle overwritten)
+    damaged = bytearray(saved[1])
+    middle = len(damaged) // 2
+    damaged[middle : middle + 64] = bytes(64)
+    wal.write_bytes(bytes(damaged))
+    # THEN the run stops with one clear line, and neither file is changed or deleted
+    proc = elt.run("run", check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("elt: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        f"elt: load failed: cannot open {path}: replaying its write-ahead log"
+    )
+    assert f"{wal.name} is kept next to it" in errors[0]
+    assert wal.read_bytes() == bytes(damaged)
+    status = elt.run("status", check=False)
+    assert status.returncode == 1 and "replaying its write-ahead log failed" in status.stderr
+    # WHEN the intact WAL is back THEN reopening replays every committed load, once
+    wal.write_bytes(saved[1])
+    elt.run("run")
+    assert elt.query(
+        "select key, count(*) from elt.ledger where status = 'loaded' group by 1 order by 1"
+    ) == [("raw/turnstile/a.csv", 1), ("raw/turnstile/b.csv", 1)]
+    assert elt.query("select count(*) from raw.turnstile") == [(6,)]
 
 
 def test_second_run_says_busy_or_waits_never_loads_twice(elt: Elt) -> None:

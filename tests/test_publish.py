@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,42 @@ def test_failing_export_fails_the_run_and_keeps_the_previous_csv(elt: Elt, tmp_p
         .startswith("elt: dbt build failed: model turnstile_daily")
     )
     assert elt.get("marts/turnstile_daily.csv") == before
+
+
+def test_a_model_failing_midway_keeps_tables_and_csvs_and_skips_downstream(
+    elt: Elt, tmp_path: Path
+) -> None:
+    elt.run("run")
+    published = {m: elt.get(f"marts/{m}.csv") for m in ("turnstile_daily", "station_daily")}
+    rows_before = elt.query("select count(*) from marts.turnstile_daily")
+    # GIVEN a project whose intermediate model fails at run time on the new day's rows
+    # (a bad cast; its unit tests, which would stop the build before, are taken out)
+    copy = project_copy(tmp_path / "project")
+    folder = copy / "models" / "intermediate" / "ridership"
+    (folder / "_int_ridership__unit_tests.yml").unlink()
+    model = folder / "int_turnstile_intervals.sql"
+    model.write_text(
+        model.read_text().replace(
+            "select * from flagged",
+            "select *, cast(turnstile_id as integer) as broken from flagged",
+        )
+    )
+    elt.put("raw/turnstile/400000_d.csv", week_csv(3, day="03/05/2031", start=7300))
+    # WHEN run
+    proc = elt.run("run", check=False, ELT_PROJECT_DIR=str(copy))
+    # THEN it fails naming the model, downstream models are skipped and nothing is published
+    assert proc.returncode == 1
+    (error,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("elt: ")]
+    assert error.startswith("elt: dbt build failed: model int_turnstile_intervals: ")
+    (receipt,) = elt.query("select receipt from elt.runs order by run_id desc limit 1")[0]
+    statuses = {n["unique_id"]: n["status"] for n in json.loads(receipt)["dbt_nodes"]}
+    assert statuses["model.elt_lake.int_turnstile_intervals"] == "error"
+    assert statuses["model.elt_lake.turnstile_daily"] == "skipped"
+    assert statuses["model.elt_lake.station_daily"] == "skipped"
+    assert json.loads(receipt)["exports"] == []
+    assert {m: elt.get(f"marts/{m}.csv") for m in published} == published
+    assert elt.query("select count(*) from marts.turnstile_daily") == rows_before
+    assert staged_candidates(elt) == []
+    # AND the fixed project publishes the new day
+    elt.run("run")
+    assert b",2031-03-05," in elt.get("marts/turnstile_daily.csv")
