@@ -1232,14 +1232,16 @@ def export_rejects(conn: duckdb.DuckDBPyConnection, bucket: str, dataset: Datase
 
     Returns:
         The key written.
+
+    Raises:
+        StorageError: the object could not be written.
     """
     key = f"marts/_rejects/{dataset.name}.csv"
     text = ", ".join(
         CSV_SAFE.format(c=f"rejects.{c}") + f" as {c}"
         for c in ("key", "column_name", "error_type", "message", "raw_line")
     )
-    conn.execute(
-        f"""
+    statement = f"""
         copy (
             select rejects.load_id, {text}, rejects.line, rejects.rejected_at
             from {REJECTS} as rejects
@@ -1247,7 +1249,9 @@ def export_rejects(conn: duckdb.DuckDBPyConnection, bucket: str, dataset: Datase
             where rejects.dataset = ? and ledger.status = 'loaded'
             order by rejects.key, rejects.line
         ) to {sql_literal(f"s3://{bucket}/{key}")} (format csv, header true)
-        """,
-        [dataset.name],
-    )
+        """
+    try:
+        conn.execute(statement, [dataset.name])
+    except duckdb.IOException as exc:
+        raise StorageError(f"cannot write s3://{bucket}/{key}: {_first_line(exc)}") from exc
     return key

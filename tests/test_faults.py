@@ -1,4 +1,4 @@
-"""Real faults: the S3 server stops in the middle of a run.
+"""Real faults: the S3 server stops in the middle of a run; a file twice the memory cap.
 
 Each test pauses a real ``elt run`` at a named point (``ELT_PAUSE_AT``, see
 ``loaders/faults.py``), stops the local S3 server for real, lets the run go
@@ -8,20 +8,25 @@ them (with the crash tests) alone.
 
 from __future__ import annotations
 
+import resource
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from loaders import local_s3
-from tests.conftest import BIN, HEADER, PROJECT, Elt, week_csv
+from tests.conftest import BIN, HEADER, PROJECT, SAMPLE_WEEKS, Elt, week_csv
 
 pytestmark = pytest.mark.faults
+TURNSTILES = 8600
 
 
-def big_week(turnstiles: int = 2500) -> bytes:
-    """A valid week: ``turnstiles`` turnstiles read every hour for 7 days (about 30 MB)."""
+def big_week(turnstiles: int) -> bytes:
+    """A valid week: ``turnstiles`` turnstiles read every hour for 7 days (70 bytes a reading)."""
     lines = [HEADER]
     for t in range(turnstiles):
         scp = f"{t // 10000:02d}-{t // 100 % 100:02d}-{t % 100:02d}"
@@ -32,6 +37,13 @@ def big_week(turnstiles: int = 2500) -> bytes:
                 f"02/{day:02d}/2024,{at:02d}:00:00,REGULAR,{1000 + hour * 3},{500 + hour}"
             )
     return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture()
+def restarts(elt: Elt) -> Iterator[Elt]:
+    """The module's server is up again after the test, whatever happened in it."""
+    yield elt
+    elt.run("up")
 
 
 def paused_run(elt: Elt, point: str, flag: Path) -> subprocess.Popen[str]:
@@ -61,11 +73,14 @@ def errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("elt: ")]
 
 
-def test_server_stops_while_the_loader_reads(elt: Elt, tmp_path: Path) -> None:
-    # GIVEN a 30 MB object, and a run paused after its first 8 MiB
+def test_server_stops_while_the_loader_reads(restarts: Elt, tmp_path: Path) -> None:
+    elt = restarts
+    # GIVEN a 100 MB object (more than loopback TCP buffers can hold: up to 36 MB here,
+    # which the kernel would still deliver after the server is gone), and a run paused
+    # after its first 8 MiB
     elt.reset()
-    body = big_week()
-    assert len(body) > 3 * 8 * 2**20
+    body = big_week(TURNSTILES)
+    assert len(body) > 100e6
     elt.put("raw/turnstile/big.csv", body)
     proc = paused_run(elt, "download", tmp_path / "paused")
     # WHEN the S3 server stops, then the run goes on reading
@@ -73,7 +88,8 @@ def test_server_stops_while_the_loader_reads(elt: Elt, tmp_path: Path) -> None:
     (tmp_path / "paused").unlink()
     _, stderr = proc.communicate(timeout=300)
     # THEN the run fails in one clear line, and nothing of the object is committed
-    assert proc.returncode == 1
+    assert proc.returncode == 1, stderr[-3000:]
+    assert len(errors(stderr)) == 1, stderr[-3000:]
     (line,) = errors(stderr)
     assert line.startswith("elt: load failed: cannot read s3://lake/raw/turnstile/big.csv: ")
     assert elt.query("select count(*) from raw.turnstile") == [(0,)]
@@ -82,12 +98,13 @@ def test_server_stops_while_the_loader_reads(elt: Elt, tmp_path: Path) -> None:
     elt.run("up")
     elt.run("run")
     assert elt.query("select count(*), count(distinct _source_row_number) from raw.turnstile") == [
-        (2500 * 168, 2500 * 168)
+        (TURNSTILES * 168, TURNSTILES * 168)
     ]
-    assert elt.query("select status, rows_loaded from elt.ledger") == [("loaded", 2500 * 168)]
+    assert elt.query("select status, rows_loaded from elt.ledger") == [("loaded", TURNSTILES * 168)]
 
 
-def test_server_stops_during_the_export(elt: Elt, tmp_path: Path) -> None:
+def test_server_stops_during_the_export(restarts: Elt, tmp_path: Path) -> None:
+    elt = restarts
     # GIVEN published marts
     elt.reset()
     elt.put("raw/turnstile/a.csv", week_csv(3, day="04/01/2024", start=100))
@@ -102,7 +119,8 @@ def test_server_stops_during_the_export(elt: Elt, tmp_path: Path) -> None:
     (tmp_path / "paused").unlink()
     _, stderr = proc.communicate(timeout=300)
     # THEN the run fails on dbt build (the on-run-end publish) in one line
-    assert proc.returncode == 1
+    assert proc.returncode == 1, stderr[-3000:]
+    assert len(errors(stderr)) == 1, stderr[-3000:]
     (line,) = errors(stderr)
     assert line.startswith("elt: dbt build failed: ")
     # AND after a restart the published CSVs are the previous ones, nothing half-written is visible
@@ -114,3 +132,44 @@ def test_server_stops_during_the_export(elt: Elt, tmp_path: Path) -> None:
     # AND the next run publishes the new day
     elt.run("run")
     assert b",2024-04-02," in elt.get("marts/turnstile_daily.csv")
+
+
+LOAD_ONLY = """
+from loaders import pipeline, s3
+from loaders.config import load_settings
+settings = load_settings("dev")
+results = pipeline.load(settings, s3.client(s3.connection(settings.lake, settings.home)))
+print(sum(r.rows_loaded for r in results), [r.status for r in results])
+"""
+
+
+def test_a_2_gb_file_under_a_1_gb_memory_limit_loads_without_being_killed(
+    elt: Elt, tmp_path: Path
+) -> None:
+    # GIVEN a ~2 GB CSV (the real weeks, repeated), uploaded
+    elt.reset()
+    big = tmp_path / "big.csv"
+    copies = 50  # 100 weeks of about 20 MB each
+    with duckdb.connect() as conn:
+        conn.execute(
+            f"copy (select * from read_csv(?, all_varchar = true, header = true)) "
+            f"to '{big}' (format csv, header true)",
+            [[str(w) for w in SAMPLE_WEEKS] * copies],
+        )
+    assert big.stat().st_size > 2e9
+    elt.s3().upload_file(str(big), "lake", "raw/turnstile/big.csv")
+    big.unlink()
+    # WHEN the load step runs with DuckDB capped at 1 GB
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_ONLY],
+        env=elt.env(ELT_MEMORY_LIMIT="1GB"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"2 GB file, memory_limit 1GB: peak RSS of the children so far {peak_mb:.0f} MB")
+    # THEN it completes (not killed by the OS), every row landed once
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("[")[0].strip() == str(503838 * copies)
+    assert "'loaded'" in proc.stdout
