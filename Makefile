@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install browser demo test lint docs serve down clean
+.PHONY: install browser demo test lint docs serve bench down clean
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -53,6 +53,13 @@ lint: install
 docs: install
 	$(BIN)/dbt docs generate --profiles-dir .
 	$(BIN)/dbt docs serve --profiles-dir . --host 127.0.0.1 --port 8080 --no-browser
+
+# Benchmarks (not part of `make test`): 2, 32 and 256 weeks, about an hour on
+# 2 cores. Rewrites bench/README.md and bench/results/latest.json.
+BENCH_ARGS ?= --scales 2,32,256 --repeat 3
+bench: install
+	$(UV) sync --frozen --python $(BIN)/python --group bench
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The read-only page of published marts, rejects and a station chart.
 serve: install

@@ -27,6 +27,8 @@ def shift_week(source: Path, days: int, target: Path) -> Path:
     """
     ending = date(2000 + int(source.name[:2]), int(source.name[2:4]), int(source.name[4:6]))
     path = target / f"{(ending + timedelta(days=days)):%y%m%d}.csv.gz"
+    if path.exists():  # made by an earlier run: the same inputs give the same bytes
+        return path
     with gzip.open(source, "rt", newline="") as fh:
         header = fh.readline()
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,9 +47,11 @@ def shift_week(source: Path, days: int, target: Path) -> Path:
                 """,
                 [str(source)],
             )
-        with open(body, "rb") as src, gzip.open(path, "wb", compresslevel=1) as out:
+        partial = path.with_name(path.name + ".partial")
+        with open(body, "rb") as src, gzip.open(partial, "wb", compresslevel=1) as out:
             out.write(header.encode())
             shutil.copyfileobj(src, out, 2**20)
+        partial.replace(path)  # whole or absent: a killed run leaves no half file
     return path
 
 

@@ -350,10 +350,12 @@ def run(
             # Objects staged by a run that was killed: no one else can be using them.
             shutil.rmtree(settings.home / "tmp", ignore_errors=True)
             s3 = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
+            step = time.monotonic()
             try:
                 report.loads = load(settings, s3, on_object)
             except EltError as exc:
                 raise StepError("load", str(exc)) from exc
+            receipt.timings["load"] = round(time.monotonic() - step, 3)
             replaced = any(r.replaced for r in report.loads)
             if replaced:
                 log.info("a key got a new version: rebuilding incremental models in full")
@@ -362,7 +364,12 @@ def run(
             if select is None or select:
                 report.built = True
                 publish.start(settings.home)
-                built = build(settings, full_refresh or replaced, select, report.dbt_nodes)
+                step = time.monotonic()
+                try:
+                    built = build(settings, full_refresh or replaced, select, report.dbt_nodes)
+                finally:
+                    receipt.timings["build"] = round(time.monotonic() - step, 3)
+                    receipt.timings["export"] = round(publish.put_seconds, 3)
                 try:
                     report.exports = exported_marts(settings, list(built.exporting))
                 except EltError as exc:

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 EXPORTS_DIR = "exports"
 MANIFEST = "published.jsonl"
+# Seconds spent in PUTs since start(): the export share of a run, in its receipt.
+put_seconds = 0.0
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -65,7 +68,9 @@ def publish_object(client: S3Client, bucket: str, candidate: Path, key: str, hom
         StorageError: the candidate is missing, or the PUT failed (the
             previous object at ``key`` is then untouched).
     """
+    global put_seconds
     faults.point("publish")
+    started = time.monotonic()
     try:
         size = candidate.stat().st_size
         with candidate.open("rb") as body:
@@ -74,6 +79,7 @@ def publish_object(client: S3Client, bucket: str, candidate: Path, key: str, hom
             )
     except (ClientError, BotoCoreError, OSError) as exc:
         raise StorageError(f"publishing {candidate} to s3://{bucket}/{key} failed: {exc}") from exc
+    put_seconds += time.monotonic() - started
     published = ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=size)
     with (home / EXPORTS_DIR / MANIFEST).open("a") as manifest:
         manifest.write(json.dumps(published.__dict__) + "\n")
@@ -88,7 +94,9 @@ def discard_object(candidate: Path) -> None:
 
 
 def start(home: Path) -> None:
-    """Forget earlier candidates and the manifest (called before a build)."""
+    """Forget earlier candidates, the manifest and the PUT clock (called before a build)."""
+    global put_seconds
+    put_seconds = 0.0
     shutil.rmtree(home / EXPORTS_DIR, ignore_errors=True)
     (home / EXPORTS_DIR).mkdir(parents=True)
 

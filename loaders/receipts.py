@@ -52,6 +52,8 @@ class Receipt:
         dbt_nodes: dbt nodes built or tested, with status and seconds.
         exports: Marts published by this run: key, ETag, size in bytes, rows.
         selected: dbt selectors of the build (empty: the whole project).
+        timings: Seconds per step: ``load``, ``build`` (dbt, exports included)
+            and ``export`` (the PUTs of the published marts).
     """
 
     run_id: str
@@ -62,6 +64,7 @@ class Receipt:
     status: str = "running"
     errors: list[str] = field(default_factory=list)
     selected: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
     objects: list[dict[str, Any]] = field(default_factory=list)
     dbt_nodes: list[dict[str, Any]] = field(default_factory=list)
     exports: list[dict[str, Any]] = field(default_factory=list)

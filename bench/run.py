@@ -1,0 +1,480 @@
+"""``make bench``: the pipeline against the bare engine and the scripts people write instead.
+
+For each scale (weeks of real readings, shifted forward in time: ``bench/weeks.py``)
+a local S3 server of its own gets the weeks under ``raw/turnstile/``; then,
+each timed ``--repeat`` times (the median is reported):
+
+``pipeline_cold``   ``elt run`` on an empty state: raw objects to published CSVs
+``pipeline_steady`` N weeks loaded and built, one more uploaded: ``elt run``
+``one_week``        ``elt run`` on an empty state with one week (steady's yardstick)
+``bare``            one DuckDB statement: S3 CSVs to ``turnstile_daily`` CSV in S3
+``landing``         the loader alone (``pipeline.load``) on an empty warehouse
+``landing_bare``    ``create table as select * from read_csv('s3://...')``
+``pandas``/``polars`` the stateless scripts of ``bench/scripts/`` (16 GB cap)
+
+Every command runs as a child process; its peak resident memory (with its
+own children) is sampled by psutil. Results: ``bench/results/latest.json``
+and the table in ``bench/README.md``.
+
+    .venv/bin/python -m bench.run --scales 2,32,256 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psutil
+
+from bench.weeks import series
+from loaders import local_s3
+from loaders import s3 as s3_mod
+from loaders.config import load_settings
+
+PROJECT = Path(__file__).resolve().parents[1]
+ELT = str(Path(sys.executable).with_name("elt"))
+CAP_MB = 16 * 1024
+KEY_COLUMNS = ("turnstile_id", "service_date", "entries", "exits", "readings", "anomalies")
+
+BARE = """
+import sys
+from pathlib import Path
+from loaders import s3, warehouse
+from loaders.config import load_settings
+settings = load_settings("dev")
+sql = open(sys.argv[1]).read().format(
+    source="'s3://lake/raw/turnstile/*.csv.gz'", target="'s3://lake/bench/bare.csv'"
+)
+with warehouse.connect(Path(sys.argv[2]), s3.connection(settings.lake, settings.home)) as conn:
+    conn.execute(sql)
+"""
+LANDING = """
+from loaders import pipeline, s3
+from loaders.config import load_settings
+settings = load_settings("dev")
+results = pipeline.load(settings, s3.client(s3.connection(settings.lake, settings.home)))
+print(sum(r.rows_loaded for r in results))
+"""
+LANDING_BARE = """
+import sys
+from pathlib import Path
+from loaders import s3, warehouse
+from loaders.config import load_settings
+settings = load_settings("dev")
+with warehouse.connect(Path(sys.argv[1]), s3.connection(settings.lake, settings.home)) as conn:
+    conn.execute(
+        "create table landed as select * from "
+        "read_csv('s3://lake/raw/turnstile/*.csv.gz', header = true, all_varchar = true)"
+    )
+    print(conn.execute("select count(*) from landed").fetchone()[0])
+"""
+
+
+@dataclass
+class Measured:
+    """One timed child process."""
+
+    seconds: float
+    peak_mb: float
+    stdout: str
+    out_of_memory: bool = False
+
+
+@dataclass
+class Record:
+    """One line of ``latest.json``."""
+
+    scale: int
+    method: str
+    median_s: float | None
+    rows_per_s: float | None
+    peak_mb: float | None
+    ratio_to_bare: float | None = None
+    runs_s: list[float] = field(default_factory=list)
+    readings: int = 0
+    note: str = ""
+    split_s: dict[str, float] = field(default_factory=dict)
+    memory_limit: str | None = None
+    matches_pipeline: bool | None = None
+
+
+def measure(argv: list[str], env: dict[str, str], cap_mb: float = CAP_MB) -> Measured:
+    """Run ``argv``; sample its resident memory (children included) every 50 ms.
+
+    Raises:
+        subprocess.CalledProcessError: it exited non-zero (not by our memory cap).
+    """
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    watched = psutil.Process(proc.pid)
+    peak = 0.0
+    killed = False
+    while proc.poll() is None:
+        try:
+            tree = [watched, *watched.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20
+        except psutil.Error:
+            rss = 0.0
+        peak = max(peak, rss)
+        if rss > cap_mb:
+            for p in [*watched.children(recursive=True), watched]:
+                p.kill()
+            killed = True
+            break
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0 and not killed:
+        sys.stderr.write(stderr[-3000:])
+        raise subprocess.CalledProcessError(proc.returncode, argv[:2], stdout, stderr)
+    return Measured(seconds, peak, stdout, killed)
+
+
+class Scale:
+    """A state directory with its own local S3 server and ``weeks`` weeks uploaded."""
+
+    def __init__(self, root: Path, weeks: list[Path]) -> None:
+        self.home = root / f"scale_{len(weeks)}"
+        self.weeks = weeks
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("ELT_", "AWS_"))},
+            "ELT_HOME": str(self.home),
+            "ELT_PROJECT_DIR": str(PROJECT),
+        }
+        subprocess.run([ELT, "up"], env=self.env, check=True, capture_output=True)
+        self.settings = load_settings("dev", env=self.env)
+        self.client = s3_mod.client(s3_mod.connection(self.settings.lake, self.home))
+        for week in weeks:
+            s3_mod.upload(self.client, week, "lake", f"raw/turnstile/{week.name}")
+        creds = local_s3.credentials(self.home)
+        self.script_env = {
+            **self.env,
+            "AWS_ENDPOINT_URL": local_s3.endpoint(self.home),
+            "AWS_ACCESS_KEY_ID": creds.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def empty_state(self) -> None:
+        """No warehouse, nothing published: the next ``elt run`` is cold."""
+        for name in ("warehouse.duckdb", "warehouse.duckdb.wal", "bench.duckdb"):
+            (self.home / name).unlink(missing_ok=True)
+        for obj in list(s3_mod.list_objects(self.client, "lake", "marts/")):
+            self.client.delete_object(Bucket="lake", Key=obj.key)
+
+    def last_receipt(self) -> dict[str, Any]:
+        with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as conn:
+            row = conn.execute("select receipt from elt.runs order by run_id desc limit 1")
+            return json.loads(row.fetchone()[0])  # type: ignore[index]
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket="lake", Key=key)["Body"].read()
+
+    def stop(self) -> None:
+        local_s3.stop(self.home)
+
+
+def key_rows(body: bytes) -> set[tuple[str, ...]]:
+    """The comparable columns of a turnstile_daily CSV, as a set of rows."""
+    return {tuple(r[c] for c in KEY_COLUMNS) for r in csv.DictReader(io.StringIO(body.decode()))}
+
+
+def summarise(scale: int, method: str, runs: list[Measured], readings: int, **extra: Any) -> Record:
+    done = [r for r in runs if not r.out_of_memory]
+    if not done:
+        return Record(
+            scale,
+            method,
+            None,
+            None,
+            round(max(r.peak_mb for r in runs)),
+            readings=readings,
+            note=f"out of memory: killed above the {CAP_MB // 1024} GB cap",
+            **extra,
+        )
+    median = statistics.median(r.seconds for r in done)
+    return Record(
+        scale,
+        method,
+        round(median, 2),
+        round(readings / median) if readings else None,
+        round(max(r.peak_mb for r in done)),
+        runs_s=[round(r.seconds, 2) for r in done],
+        readings=readings,
+        **extra,
+    )
+
+
+def bench_scale(
+    root: Path, weeks: list[Path], extra: list[Path], repeat: int, args: argparse.Namespace
+) -> list[Record]:
+    """Every method at one scale; ``extra`` are the weeks uploaded for the steady state."""
+    scale = Scale(root, weeks)
+    n = len(weeks)
+    records: list[Record] = []
+    py = sys.executable
+    try:
+        print(f"== {n} weeks", flush=True)
+        # Cold builds (the last one leaves the state the steady runs start from).
+        cold, splits = [], []
+        for _ in range(repeat):
+            scale.empty_state()
+            cold.append(measure([ELT, "run"], scale.env))
+            receipt = scale.last_receipt()
+            splits.append(receipt["timings"])
+        readings = sum(o["rows_loaded"] for o in receipt["objects"])
+        pipeline_csv = scale.get("marts/turnstile_daily.csv")
+        split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
+        records.append(summarise(n, "pipeline_cold", cold, readings, split_s=split))
+        print(records[-1], flush=True)
+
+        bare_sql = str(PROJECT / "bench" / "bare.sql")
+        bare = [
+            measure([py, "-c", BARE, bare_sql, str(scale.home / "bench.duckdb")], scale.env)
+            for _ in range(repeat)
+        ]
+        matches = key_rows(scale.get("bench/bare.csv")) == key_rows(pipeline_csv)
+        records.append(summarise(n, "bare", bare, readings, matches_pipeline=matches))
+        print(records[-1], flush=True)
+
+        if not args.skip_landing:
+            landing, landing_bare = [], []
+            for _ in range(repeat):
+                scale.empty_state()
+                landing.append(measure([py, "-c", LANDING], scale.env))
+                (scale.home / "bench.duckdb").unlink(missing_ok=True)
+                landing_bare.append(
+                    measure([py, "-c", LANDING_BARE, str(scale.home / "bench.duckdb")], scale.env)
+                )
+                (scale.home / "bench.duckdb").unlink(missing_ok=True)
+            records.append(summarise(n, "landing", landing, readings))
+            records.append(summarise(n, "landing_bare", landing_bare, readings))
+            print(records[-2:], flush=True)
+
+        for tool in args.scripts:
+            script = str(PROJECT / "bench" / "scripts" / f"{tool}_job.py")
+            runs = []
+            for _ in range(repeat):
+                argv = [py, script, "lake", "raw/turnstile/", f"bench/{tool}.csv"]
+                runs.append(measure(argv, scale.script_env))
+                if runs[-1].out_of_memory:
+                    break
+            matches = (
+                None
+                if runs[-1].out_of_memory
+                else key_rows(scale.get(f"bench/{tool}.csv")) == key_rows(pipeline_csv)
+            )
+            records.append(summarise(n, tool, runs, readings, matches_pipeline=matches))
+            print(records[-1], flush=True)
+
+        if extra:
+            # The state of the last cold build was emptied by the landing runs: rebuild it.
+            scale.empty_state()
+            measure([ELT, "run"], scale.env)
+            steady, splits = [], []
+            for week in extra[:repeat]:
+                s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
+                steady.append(measure([ELT, "run"], scale.env))
+                receipt = scale.last_receipt()
+                splits.append(receipt["timings"])
+            week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
+            split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
+            records.append(summarise(n, "pipeline_steady", steady, week_rows, split_s=split))
+            print(records[-1], flush=True)
+            for week in extra[:repeat]:
+                scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
+
+        if n == args.memory_limit_scale:
+            scale.empty_state()
+            env = {**scale.env, "ELT_MEMORY_LIMIT": args.memory_limit}
+            capped = [measure([ELT, "run"], env)]
+            records.append(
+                summarise(n, "pipeline_cold", capped, readings, memory_limit=args.memory_limit)
+            )
+            print(records[-1], flush=True)
+    finally:
+        scale.stop()
+        shutil.rmtree(scale.home, ignore_errors=True)
+    bare_s = next(r.median_s for r in records if r.method == "bare")
+    for record in records:
+        if record.median_s and bare_s and record.method != "pipeline_steady":
+            record.ratio_to_bare = round(record.median_s / bare_s, 2)
+    return records
+
+
+def one_week(root: Path, week: Path, repeat: int) -> Record:
+    """``elt run`` on an empty state with one week uploaded: the steady state's yardstick."""
+    scale = Scale(root, [week])
+    try:
+        runs = []
+        for _ in range(repeat):
+            scale.empty_state()
+            runs.append(measure([ELT, "run"], scale.env))
+        readings = sum(o["rows_loaded"] for o in scale.last_receipt()["objects"])
+        return summarise(1, "one_week", runs, readings)
+    finally:
+        scale.stop()
+        shutil.rmtree(scale.home, ignore_errors=True)
+
+
+TITLES = {
+    "pipeline_cold": "`elt run`, empty state",
+    "pipeline_steady": "`elt run`, one more week",
+    "one_week": "`elt run`, one week alone",
+    "bare": "one DuckDB statement",
+    "landing": "loader alone",
+    "landing_bare": "`create table as read_csv`",
+    "pandas": "pandas script",
+    "polars": "polars script",
+}
+
+
+def report(records: list[Record], meta: dict[str, Any]) -> str:
+    """The Markdown of ``bench/README.md``."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Regenerated by `make bench` (`bench/run.py`); the numbers below are from "
+        f"{meta['date']} on {meta['machine']}. Medians of {meta['repeat']} runs; peak is the",
+        "resident memory of the process and its children. Raw records:",
+        "`bench/results/latest.json`.",
+        "",
+        "| weeks | readings | method | median s | readings/s | peak MB | x bare | notes |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in records:
+        notes = [r.note] if r.note else []
+        if r.split_s:
+            load, build = r.split_s.get("load", 0), r.split_s.get("build", 0)
+            notes.append(
+                f"load {load:.1f} s, dbt build {build:.1f} s "
+                f"(of which export PUTs {r.split_s.get('export', 0):.1f} s)"
+            )
+        if r.memory_limit:
+            notes.append(f"DuckDB memory_limit {r.memory_limit}")
+        if r.matches_pipeline is not None:
+            notes.append("same numbers as the pipeline" if r.matches_pipeline else "DIFFERS")
+        cells = [
+            str(r.scale),
+            f"{r.readings:,}",
+            f"{r.method}: {TITLES.get(r.method, '')}",
+            "-" if r.median_s is None else f"{r.median_s:.2f}",
+            "-" if r.rows_per_s is None else f"{r.rows_per_s:,}",
+            "-" if r.peak_mb is None else f"{r.peak_mb:,}",
+            "-" if r.ratio_to_bare is None else f"{r.ratio_to_bare:.2f}",
+            "; ".join(notes),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(records)] + [""]
+    return "\n".join(lines)
+
+
+def targets(records: list[Record]) -> list[str]:
+    """Each target of the benchmark issue, with the measured figure."""
+
+    def find(scale: int, method: str, limit: str | None = None) -> Record | None:
+        return next(
+            (r for r in records if (r.scale, r.method, r.memory_limit) == (scale, method, limit)),
+            None,
+        )
+
+    out = []
+    top = max(r.scale for r in records)
+    alone = find(1, "one_week")
+    steady = find(top, "pipeline_steady")
+    polars = find(top, "polars")
+    if steady and steady.median_s and alone and alone.median_s:
+        out.append(
+            f"Steady state at {top} weeks: {steady.median_s:.1f} s for one more week, "
+            f"{steady.median_s / alone.median_s:.2f}x one week alone ({alone.median_s:.1f} s); "
+            "target at most 1.5x."
+        )
+    if steady and steady.median_s and polars:
+        if polars.median_s:
+            out.append(
+                f"Against the polars script at {top} weeks ({polars.median_s:.1f} s): "
+                f"{polars.median_s / steady.median_s:.1f}x faster; target at least 10x."
+            )
+        else:
+            out.append(f"The polars script at {top} weeks: {polars.note}.")
+    cold = find(top, "pipeline_cold")
+    if cold and cold.ratio_to_bare:
+        out.append(
+            f"Cold build at {top} weeks: {cold.ratio_to_bare:.2f}x bare; target at most 1.6x."
+        )
+    for scale in sorted({r.scale for r in records}):
+        landing, bare = find(scale, "landing"), find(scale, "landing_bare")
+        if landing and bare and landing.median_s and bare.median_s:
+            out.append(
+                f"Landing at {scale} weeks: {bare.median_s / landing.median_s:.2f} of bare "
+                "landing throughput; target at least 0.9."
+            )
+    for r in records:
+        if r.memory_limit:
+            out.append(
+                f"{r.scale} weeks with DuckDB memory_limit {r.memory_limit}: "
+                + (f"completed in {r.median_s:.0f} s" if r.median_s else "did not complete")
+                + f", peak {r.peak_mb:,} MB; target under 3,072 MB."
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scales", default="2,32,256")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--scripts", default="pandas,polars", type=lambda s: [t for t in s.split(",") if t]
+    )
+    parser.add_argument("--skip-landing", action="store_true")
+    parser.add_argument("--memory-limit", default="2GB")
+    parser.add_argument("--memory-limit-scale", type=int, default=256)
+    parser.add_argument("--data", type=Path, default=PROJECT / "bench" / "data" / "weeks")
+    parser.add_argument("--out", type=Path, default=PROJECT / "bench" / "results" / "latest.json")
+    parser.add_argument("--readme", type=Path, default=PROJECT / "bench" / "README.md")
+    args = parser.parse_args()
+    scales = sorted(int(s) for s in args.scales.split(","))
+
+    sources = sorted((PROJECT / "data" / "turnstile").glob("*.csv.gz"))
+    weeks = series(sources, max(scales) + args.repeat, args.data)
+    root = Path(tempfile.mkdtemp(prefix="elt-bench-"))
+    records: list[Record] = []
+    try:
+        records.append(one_week(root, weeks[0], args.repeat))
+        print(records[-1], flush=True)
+        for n in scales:
+            extra = weeks[n : n + args.repeat] if n > 2 else []
+            records += bench_scale(root, weeks[:n], extra, args.repeat, args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    meta = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB, "
+        f"{platform.system()} {platform.machine()}",
+        "repeat": args.repeat,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
+    args.readme.write_text(report(records, meta))
+    print("\n".join(targets(records)))
+
+
+if __name__ == "__main__":
+    main()
