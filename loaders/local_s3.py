@@ -180,6 +180,25 @@ def _answers(endpoint_url: str, timeout: float = 2.0) -> bool:
     return True
 
 
+def _storage_ready(master_port: int, timeout: float = 2.0) -> bool:
+    """True when the master knows a volume server (reads and writes can be served).
+
+    The S3 gateway answers before the volume server has registered its
+    volumes; a GET in between gets a 500 "internal error".
+    """
+    url = f"http://{HOST}:{master_port}/dir/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            topology = json.loads(response.read()).get("Topology") or {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(
+        rack.get("DataNodes")
+        for center in topology.get("DataCenters") or []
+        for rack in center.get("Racks") or []
+    )
+
+
 def read_state(home: Path) -> ServerState | None:
     """Return the recorded server if its process is still alive, else ``None``."""
     path = state_dir(home) / "server.json"
@@ -271,7 +290,7 @@ def start(home: Path, bucket: str = "lake") -> ServerState:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerError(f"local S3 server exited with code {proc.returncode}; see {log_path}")
-        if _answers(state.endpoint_url, timeout=1.0):
+        if _answers(state.endpoint_url, timeout=1.0) and _storage_ready(ports["master"]):
             log.info("local S3 server up at %s (pid %d)", state.endpoint_url, proc.pid)
             return state
         time.sleep(0.2)
