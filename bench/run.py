@@ -254,7 +254,7 @@ def bench_scale(
         records.append(summarise(n, "bare", bare, readings, matches_pipeline=matches))
         print(records[-1], flush=True)
 
-        if not args.skip_landing:
+        if n in args.landing_scales:
             landing, landing_bare = [], []
             for _ in range(repeat):
                 scale.empty_state()
@@ -443,7 +443,12 @@ def main() -> None:
     parser.add_argument(
         "--scripts", default="pandas,polars", type=lambda s: [t for t in s.split(",") if t]
     )
-    parser.add_argument("--skip-landing", action="store_true")
+    parser.add_argument(
+        "--landing-scales",
+        default="2,32,256",
+        type=lambda s: {int(t) for t in s.split(",") if t},
+        help="scales at which to time the loader against a bare CTAS",
+    )
     parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--memory-limit-scale", type=int, default=256)
     parser.add_argument("--data", type=Path, default=PROJECT / "bench" / "data" / "weeks")
@@ -456,23 +461,28 @@ def main() -> None:
     weeks = series(sources, max(scales) + args.repeat, args.data)
     root = Path(tempfile.mkdtemp(prefix="elt-bench-"))
     records: list[Record] = []
-    try:
-        records.append(one_week(root, weeks[0], args.repeat))
-        print(records[-1], flush=True)
-        for n in scales:
-            extra = weeks[n : n + args.repeat] if n > 2 else []
-            records += bench_scale(root, weeks[:n], extra, args.repeat, args)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB, "
         f"{platform.system()} {platform.machine()}",
         "repeat": args.repeat,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
-    args.readme.write_text(report(records, meta))
+
+    def save() -> None:
+        """Write what is measured so far: a long run stopped midway keeps its scales."""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
+        args.readme.write_text(report(records, meta))
+
+    try:
+        records.append(one_week(root, weeks[0], args.repeat))
+        print(records[-1], flush=True)
+        for n in scales:
+            extra = weeks[n : n + args.repeat] if n > 2 else []
+            records += bench_scale(root, weeks[:n], extra, args.repeat, args)
+            save()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     print("\n".join(targets(records)))
 
 
