@@ -10,6 +10,7 @@ import logging
 import duckdb
 import pytest
 import zstandard
+from botocore.exceptions import ClientError
 
 from loaders import pipeline
 from loaders.datasets import Dataset, discover
@@ -321,6 +322,19 @@ def test_key_pattern_from_the_source_yaml_is_enforced() -> None:
     assert dataset.refusal("raw/weekly/latest.csv.gz") == (
         "raw/weekly/latest.csv.gz: refused: file name does not match key_pattern '\\\\d{6}\\\\.csv\\\\.gz'"
     )
+
+
+def test_dot_dot_keys_never_land(elt: Elt) -> None:
+    # The local server refuses such a key outright (AWS S3 would store it as is)...
+    with pytest.raises(ClientError):
+        elt.put("raw/turnstile/../marts/turnstile_daily.csv", week_csv(1))
+    # ...and were one listed, the loader refuses it: it does not sit directly under the prefix
+    dataset = Dataset("turnstile", "mta", (), ())
+    for key in ("raw/turnstile/../marts/x.csv", "raw/turnstile/a/../../y.csv"):
+        assert (
+            dataset.refusal(key)
+            == f"{key}: refused: objects must sit directly under raw/turnstile/"
+        )
 
 
 def test_undeclared_prefix_is_skipped_with_a_warning(fresh: Elt, caplog) -> None:

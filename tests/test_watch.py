@@ -265,3 +265,26 @@ def test_ctrl_c_finishes_the_current_run_then_exits_0(
     assert len(runs) == runs_before + 1 and runs[-1]["status"] == "success"
     assert b",2024-06-01," in home.get("marts/turnstile_daily.csv")
     assert "SIGINT: finishing the current step, then exiting" in watcher.log()
+
+
+def test_a_manual_run_during_a_watch_run_waits_or_says_busy(
+    home: Elt, project: Path, tmp_path: Path
+) -> None:
+    watcher = Watcher(home, project, tmp_path / "watch.log")
+    try:
+        watcher.wait_for(lambda: watcher.state().get("state") == "idle", 60, "the first poll")
+        home.put("raw/counts/during_watch.csv", b"name,n\nw,7\n")
+        watcher.wait_for(lambda: watcher.state().get("state") == "running", 60, "the watch run")
+        # WHEN a manual run starts while the watcher's run holds the state directory
+        busy = home.run("run", "--wait", "0", check=False, ELT_PROJECT_DIR=str(project))
+        waited = home.run("run", "--wait", "120", ELT_PROJECT_DIR=str(project))
+        # THEN one says busy, the other waits for it, and the object is loaded once
+        assert busy.returncode == 75
+        assert "busy: another elt run (pid " in busy.stderr
+        assert ": loaded 0 object(s)" in waited.stdout
+    finally:
+        assert watcher.stop() == 0
+    assert home.query(
+        "select count(*) from elt.ledger where key = 'raw/counts/during_watch.csv'"
+    ) == [(1,)]
+    assert home.get("marts/counts_total.csv").count(b"w,7") == 1
