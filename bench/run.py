@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import psutil
 
 from bench.weeks import series
@@ -49,6 +48,7 @@ from loaders.config import load_settings
 PROJECT = Path(__file__).resolve().parents[1]
 ELT = str(Path(sys.executable).with_name("elt"))
 CAP_MB = 16 * 1024
+LOGS = PROJECT / "bench" / "data" / "logs"  # stderr of every measured run (git-ignored)
 KEY_COLUMNS = ("turnstile_id", "service_date", "entries", "exits", "readings", "anomalies")
 
 BARE = """
@@ -141,6 +141,9 @@ def measure(argv: list[str], env: dict[str, str], cap_mb: float = CAP_MB) -> Mea
         time.sleep(0.05)
     stdout, stderr = proc.communicate()
     seconds = time.perf_counter() - started
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with (LOGS / "runs.log").open("a") as log:
+        log.write(f"=== {' '.join(argv[:2])} {seconds:.1f}s exit {proc.returncode}\n{stderr}\n")
     if proc.returncode != 0 and not killed:
         sys.stderr.write(stderr[-3000:])
         raise subprocess.CalledProcessError(proc.returncode, argv[:2], stdout, stderr)
@@ -180,9 +183,9 @@ class Scale:
             self.client.delete_object(Bucket="lake", Key=obj.key)
 
     def last_receipt(self) -> dict[str, Any]:
-        with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as conn:
-            row = conn.execute("select receipt from elt.runs order by run_id desc limit 1")
-            return json.loads(row.fetchone()[0])  # type: ignore[index]
+        """The newest receipt published under ``marts/_runs/`` (what a consumer would read)."""
+        keys = [o.key for o in s3_mod.list_objects(self.client, "lake", "marts/_runs/")]
+        return json.loads(self.get(max(keys)))
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket="lake", Key=key)["Body"].read()
@@ -369,6 +372,8 @@ def report(records: list[Record], meta: dict[str, Any]) -> str:
             )
         if r.memory_limit:
             notes.append(f"DuckDB memory_limit {r.memory_limit}")
+        if r.runs_s and len(r.runs_s) < meta["repeat"]:
+            notes.append(f"{len(r.runs_s)} run only")
         if r.matches_pipeline is not None:
             notes.append("same numbers as the pipeline" if r.matches_pipeline else "DIFFERS")
         cells = [
@@ -449,6 +454,9 @@ def main() -> None:
         type=lambda s: {int(t) for t in s.split(",") if t},
         help="scales at which to time the loader against a bare CTAS",
     )
+    parser.add_argument(
+        "--merge", action="store_true", help="keep earlier results of the scales not run now"
+    )
     parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--memory-limit-scale", type=int, default=256)
     parser.add_argument("--data", type=Path, default=PROJECT / "bench" / "data" / "weeks")
@@ -471,12 +479,18 @@ def main() -> None:
     def save() -> None:
         """Write what is measured so far: a long run stopped midway keeps its scales."""
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        records.sort(key=lambda r: (r.scale, r.method != "pipeline_cold"))
         args.out.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
         args.readme.write_text(report(records, meta))
 
+    if args.merge and args.out.exists():
+        # Keep the records of scales this invocation does not measure.
+        kept = [Record(**r) for r in json.loads(args.out.read_text())]
+        records += [r for r in kept if r.scale not in scales]
     try:
-        records.append(one_week(root, weeks[0], args.repeat))
-        print(records[-1], flush=True)
+        if not any(r.method == "one_week" for r in records):
+            records.append(one_week(root, weeks[0], args.repeat))
+            print(records[-1], flush=True)
         for n in scales:
             extra = weeks[n : n + args.repeat] if n > 2 else []
             records += bench_scale(root, weeks[:n], extra, args.repeat, args)
