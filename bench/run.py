@@ -113,8 +113,10 @@ class Record:
     matches_pipeline: bool | None = None
 
 
-def measure(argv: list[str], env: dict[str, str], cap_mb: float = CAP_MB) -> Measured:
+def measure(argv: list[str], env: dict[str, str], cap_mb: float | None = None) -> Measured:
     """Run ``argv``; sample its resident memory (children included) every 50 ms.
+
+    ``cap_mb``: kill it above this resident size (the scripts' 16 GB cap).
 
     Raises:
         subprocess.CalledProcessError: it exited non-zero (not by our memory cap).
@@ -133,7 +135,7 @@ def measure(argv: list[str], env: dict[str, str], cap_mb: float = CAP_MB) -> Mea
         except psutil.Error:
             rss = 0.0
         peak = max(peak, rss)
-        if rss > cap_mb:
+        if cap_mb is not None and rss > cap_mb:
             for p in [*watched.children(recursive=True), watched]:
                 p.kill()
             killed = True
@@ -248,6 +250,21 @@ def bench_scale(
         records.append(summarise(n, "pipeline_cold", cold, readings, split_s=split))
         print(records[-1], flush=True)
 
+        if extra:
+            # Starts from the state the last cold build left.
+            steady, splits = [], []
+            for week in extra[:repeat]:
+                s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
+                steady.append(measure([ELT, "run"], scale.env))
+                receipt = scale.last_receipt()
+                splits.append(receipt["timings"])
+            week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
+            split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
+            records.append(summarise(n, "pipeline_steady", steady, week_rows, split_s=split))
+            print(records[-1], flush=True)
+            for week in extra[:repeat]:
+                scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
+
         bare_sql = str(PROJECT / "bench" / "bare.sql")
         bare = [
             measure([py, "-c", BARE, bare_sql, str(scale.home / "bench.duckdb")], scale.env)
@@ -276,7 +293,7 @@ def bench_scale(
             runs = []
             for _ in range(repeat):
                 argv = [py, script, "lake", "raw/turnstile/", f"bench/{tool}.csv"]
-                runs.append(measure(argv, scale.script_env))
+                runs.append(measure(argv, scale.script_env, cap_mb=CAP_MB))
                 if runs[-1].out_of_memory:
                     break
             matches = (
@@ -286,23 +303,6 @@ def bench_scale(
             )
             records.append(summarise(n, tool, runs, readings, matches_pipeline=matches))
             print(records[-1], flush=True)
-
-        if extra:
-            # The state of the last cold build was emptied by the landing runs: rebuild it.
-            scale.empty_state()
-            measure([ELT, "run"], scale.env)
-            steady, splits = [], []
-            for week in extra[:repeat]:
-                s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
-                steady.append(measure([ELT, "run"], scale.env))
-                receipt = scale.last_receipt()
-                splits.append(receipt["timings"])
-            week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
-            split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
-            records.append(summarise(n, "pipeline_steady", steady, week_rows, split_s=split))
-            print(records[-1], flush=True)
-            for week in extra[:repeat]:
-                scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
 
         if n == args.memory_limit_scale:
             scale.empty_state()
