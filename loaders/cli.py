@@ -11,7 +11,6 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import duckdb
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -28,7 +27,7 @@ from loaders import land, local_s3, logs, pipeline, receipts, warehouse
 from loaders import s3 as s3_mod
 from loaders import watch as watch_mod
 from loaders.config import Settings, load_settings
-from loaders.errors import EltError
+from loaders.errors import BusyError, EltError
 from loaders.s3 import ObjectInfo
 
 app = typer.Typer(
@@ -256,18 +255,13 @@ def status(
         out.print("nothing loaded yet")
         return
     try:
-        conn = duckdb.connect(str(settings.warehouse_path), read_only=True)
-    except duckdb.IOException as exc:
-        if "lock" not in str(exc).lower():
-            raise warehouse.unopenable(settings.warehouse_path, exc) from exc
-        out.print("warehouse busy: a run is going on; try again when it ends")
+        with warehouse.read_only(settings.warehouse_path, settings.home) as conn:
+            has_runs = warehouse.has_table(conn, receipts.RUNS)
+            runs = receipts.recent(conn, limit) if has_runs else []
+            objects = land.recent(conn, limit) if warehouse.has_table(conn, land.LEDGER) else []
+    except BusyError as exc:
+        out.print(str(exc), markup=False, highlight=False)
         return
-    try:
-        has_runs = warehouse.has_table(conn, receipts.RUNS)
-        runs = receipts.recent(conn, limit) if has_runs else []
-        objects = land.recent(conn, limit) if warehouse.has_table(conn, land.LEDGER) else []
-    finally:
-        conn.close()
     run_columns = ("run_id", "trigger", "status", "seconds", "objects", "rows_loaded")
     _print_table("runs", (*run_columns, "rows_rejected", "errors"), runs)
     object_columns = ("key", "etag", "status", "rows_in", "rows_loaded", "rows_rejected")

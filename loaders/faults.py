@@ -7,7 +7,8 @@ first time the point is reached, the process creates the file and waits
 something (stop the S3 server) at exactly that moment.
 
 Points: ``download`` (after the first chunk of an object is read), ``insert``
-and ``commit`` (landing), ``build`` (in dbt's post-hook of the first
+and ``commit`` (landing), ``loaded`` (landing done, dbt not started: the run
+lock is held and no DuckDB connection is open), ``build`` (in dbt's post-hook of the first
 exported mart: its table is committed, the rest of the build is not done),
 ``publish`` (before a mart's PUT).
 """

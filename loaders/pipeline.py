@@ -14,13 +14,13 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loaders import datasets as datasets_mod
-from loaders import logs, publish, receipts, warehouse
+from loaders import faults, logs, publish, receipts, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings
 from loaders.errors import EltError, StepError, StorageError
@@ -134,7 +134,25 @@ def dbt(settings: Settings, args: list[str]) -> Any:
         "--no-use-colors",
     ]
     with _environment(settings.dbt_env()):
-        return dbtRunner(callbacks=[logs.dbt_event]).invoke(argv)
+        try:
+            return dbtRunner(callbacks=[logs.dbt_event]).invoke(argv)
+        finally:
+            _close_dbt_warehouse()
+
+
+def _close_dbt_warehouse() -> None:
+    """Close the DuckDB file dbt-duckdb keeps open after an invocation.
+
+    dbt-duckdb holds its database handle in a class attribute for the life of
+    the process, even with no connection in use. A run releases its run lock
+    when it ends, so a reader waiting for that lock (``elt status``, the
+    watcher) would then find the file still held read-write by this process.
+    """
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    with suppress(Exception):  # env() raises when dbt never connected
+        DuckDBConnectionManager.env().close()
+    DuckDBConnectionManager.close_all_connections()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -356,6 +374,7 @@ def run(
             except EltError as exc:
                 raise StepError("load", str(exc)) from exc
             receipt.timings["load"] = round(time.monotonic() - step, 3)
+            faults.point("loaded")
             replaced = any(r.replaced for r in report.loads)
             if replaced:
                 log.info("a key got a new version: rebuilding incremental models in full")

@@ -20,6 +20,7 @@ import duckdb
 import duckdb_extension_httpfs
 
 from loaders.errors import BusyError, ConfigError, WarehouseError
+from loaders.lock import exclusive
 from loaders.s3 import Connection, duckdb_secret_options
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,44 @@ def connect(
         yield conn
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def read_only(
+    path: Path, home: Path, *, wait_s: float = 0.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse read-only while holding the run lock of ``home``.
+
+    DuckDB lets a reader and a writer of one file shut each other out: a
+    reader that opens the file just as a run's dbt step does makes that step
+    fail. Taking the run lock (``<home>/run.lock``) first means no run of ours
+    is between two opens while we read; the run waits for us instead.
+
+    Args:
+        path: The warehouse file (``<home>/warehouse.duckdb``).
+        home: The state directory holding ``run.lock``.
+        wait_s: Seconds to wait for a run to finish before giving up.
+
+    Raises:
+        BusyError: a run held the lock for longer than ``wait_s``, or another
+            process (a SQL client) holds the file read-write.
+        WarehouseError: the file exists but cannot be opened (e.g. damaged WAL).
+    """
+    with exclusive(
+        home,
+        wait_s=wait_s,
+        busy="warehouse busy: a run (pid {pid}) is going on; try again when it ends",
+    ):
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise unopenable(path, exc) from exc
+            raise BusyError(f"warehouse busy: another process holds {path} read-write") from exc
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:

@@ -42,8 +42,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import duckdb
-
 from loaders import datasets as datasets_mod
 from loaders import land, warehouse
 from loaders import s3 as s3_mod
@@ -150,21 +148,13 @@ def settled_versions(settings: Settings) -> set[tuple[str, str]]:
     path = settings.warehouse_path
     if not path.exists():
         return set()
-    with exclusive(settings.home, wait_s=5.0):
-        try:
-            conn = duckdb.connect(str(path), read_only=True)
-        except duckdb.IOException as exc:
-            raise BusyError(f"{path} is in use: {exc}") from exc
-        try:
-            if not warehouse.has_table(conn, land.LEDGER):
-                return set()
-            rows = conn.execute(
-                f"select key, etag from {land.LEDGER} "
-                f"where bucket = ? and status in {land.SETTLED}",
-                [settings.lake.bucket],
-            ).fetchall()
-        finally:
-            conn.close()
+    with warehouse.read_only(path, settings.home, wait_s=5.0) as conn:
+        if not warehouse.has_table(conn, land.LEDGER):
+            return set()
+        rows = conn.execute(
+            f"select key, etag from {land.LEDGER} where bucket = ? and status in {land.SETTLED}",
+            [settings.lake.bucket],
+        ).fetchall()
     return {(key, etag) for key, etag in rows}
 
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
-from loaders import local_s3
+from loaders import local_s3, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings, load_settings
 
@@ -68,8 +67,8 @@ class Elt:
         return s3_mod.client(s3_mod.connection(settings.lake, settings.home))
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Read the warehouse (read-only: no run may be going on)."""
-        with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as conn:
+        """Read the warehouse, waiting for a run to end (as ``elt status`` does, under the run lock)."""
+        with warehouse.read_only(self.settings.warehouse_path, self.home, wait_s=120) as conn:
             return conn.execute(sql, params or []).fetchall()
 
     def reset(self) -> None:

@@ -134,6 +134,30 @@ def test_server_stops_during_the_export(restarts: Elt, tmp_path: Path) -> None:
     assert b",2024-04-02," in elt.get("marts/turnstile_daily.csv")
 
 
+def test_readers_between_two_steps_never_fail_a_run(elt: Elt, tmp_path: Path) -> None:
+    # GIVEN a run paused between landing and dbt: its run lock held, the warehouse file closed
+    elt.reset()
+    elt.put("raw/turnstile/a.csv", week_csv(3, day="04/03/2024", start=300))
+    proc = paused_run(elt, "loaded", tmp_path / "paused")
+    # WHEN `elt status` looks THEN it says busy and stays out of the file (it takes the run lock)
+    status = elt.run("status").stdout
+    assert "warehouse busy: a run (pid " in status, status
+    # WHEN a SQL client (not ours, no run lock) holds the file read-only as dbt opens it
+    reader = duckdb.connect(str(elt.settings.warehouse_path), read_only=True)
+    (tmp_path / "paused").unlink()
+    assert proc.stderr is not None
+    seen = []
+    while not any(" dbt: Found " in line for line in seen[-1:]):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)[-3000:]  # dbt's manifest summary precedes its first open
+    time.sleep(4)
+    reader.close()
+    # THEN dbt retries its open (profiles.yml `retries`) and the run succeeds
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, ("".join(seen) + stderr)[-3000:]
+    assert b",2024-04-03," in elt.get("marts/turnstile_daily.csv")
+
+
 LOAD_ONLY = """
 from loaders import pipeline, s3
 from loaders.config import load_settings

@@ -134,18 +134,12 @@ def etag(elt: Elt, key: str) -> str | None:
 
 
 def watch_runs(elt: Elt) -> list[dict[str, Any]]:
-    """Receipts of watch runs, oldest first (retries while a run holds the warehouse)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            rows = elt.query("select receipt from elt.runs where trigger = 'watch' order by run_id")
-            return [json.loads(r[0]) for r in rows]
-        except duckdb.CatalogException:
-            return []  # no run finished yet
-        except duckdb.IOException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    """Receipts of watch runs, oldest first (waits for a run in progress, under the run lock)."""
+    try:
+        rows = elt.query("select receipt from elt.runs where trigger = 'watch' order by run_id")
+    except duckdb.CatalogException:
+        return []  # no run finished yet
+    return [json.loads(r[0]) for r in rows]
 
 
 def test_upload_triggers_load_build_and_export_of_what_changed(
@@ -169,7 +163,8 @@ def test_upload_triggers_load_build_and_export_of_what_changed(
         assert b"A002-R051-02-00-00" in home.download_mart("turnstile_daily")
         watcher.wait_for(lambda: len(watch_runs(home)) == 1, 60, "the receipt")
         first = watch_runs(home)[0]
-        assert first["status"] == "success" and first["trigger"] == "watch"
+        assert first["status"] == "success", first["errors"]
+        assert first["trigger"] == "watch"
         assert [o["key"] for o in first["objects"]] == [f"raw/turnstile/{SAMPLE_WEEKS[0].name}"]
         assert first["selected"] == ["@source:mta.turnstile"]
         assert not any("counts_total" in n["unique_id"] for n in first["dbt_nodes"])
@@ -181,7 +176,7 @@ def test_upload_triggers_load_build_and_export_of_what_changed(
         watcher.wait_for(lambda: len(watch_runs(home)) == 2, 90, "the burst's run")
         # THEN one run loads all three and builds and exports only that dataset's mart
         burst = watch_runs(home)[1]
-        assert burst["status"] == "success"
+        assert burst["status"] == "success", burst["errors"]
         assert sorted(o["key"] for o in burst["objects"]) == [
             "raw/counts/c0.csv",
             "raw/counts/c1.csv",
@@ -238,7 +233,8 @@ def test_watcher_waits_out_an_s3_outage(home: Elt, project: Path, tmp_path: Path
         home.put("raw/counts/after_outage.csv", b"name,n\nz,5\n")
         # THEN the watcher, still alive, picks it up
         watcher.wait_for(lambda: len(watch_runs(home)) == runs_before + 1, 150, "a run")
-        assert watch_runs(home)[-1]["status"] == "success"
+        last = watch_runs(home)[-1]
+        assert last["status"] == "success", last["errors"]
         assert b"z,5" in home.get("marts/counts_total.csv")
         assert "S3 reachable again" in watcher.log()
     finally:
@@ -262,7 +258,8 @@ def test_ctrl_c_finishes_the_current_run_then_exits_0(
         if watcher.proc.poll() is None:
             watcher.stop()
     runs = watch_runs(home)
-    assert len(runs) == runs_before + 1 and runs[-1]["status"] == "success"
+    assert len(runs) == runs_before + 1
+    assert runs[-1]["status"] == "success", runs[-1]["errors"]
     assert b",2024-06-01," in home.get("marts/turnstile_daily.csv")
     assert "SIGINT: finishing the current step, then exiting" in watcher.log()
 
