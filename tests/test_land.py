@@ -393,6 +393,47 @@ def test_clean_objects_land_as_one_batch_with_their_own_row_numbers(fresh: Elt, 
     ) == [(f"raw/turnstile/batch_{n}.csv", 1, 3 + n, 1) for n in range(3)]
 
 
+def test_cast_errors_in_a_batch_are_quarantined_and_counted_per_object(fresh: Elt, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="loaders.land")
+    # GIVEN three clean CSVs (one batch of two, one of one) with entries that are not integers
+    fresh.put(
+        "raw/turnstile/cast_0.csv",
+        week_csv(3, day="08/01/2024").replace(b",1001,100", b",1OO1,100"),
+    )
+    fresh.put("raw/turnstile/cast_1.csv", week_csv(3, day="08/02/2024"))
+    fresh.put(
+        "raw/turnstile/cast_2.csv",
+        week_csv(3, day="08/03/2024").replace(b",1000,100", b",x,100").replace(b",1002,", b",?,"),
+    )
+    # WHEN they land THEN each object's own rows are refused, with its own line numbers
+    assert load(fresh) == ", ".join(
+        [
+            "raw/turnstile/cast_0.csv:loaded:2:1",
+            "raw/turnstile/cast_1.csv:loaded:3:0",
+            "raw/turnstile/cast_2.csv:loaded:1:2",
+        ]
+    )
+    assert "(batch of 2)" in caplog.text and "(batch of 1)" in caplog.text
+    assert rejects(fresh) == [
+        ("raw/turnstile/cast_0.csv", 3, "CAST ERROR"),
+        ("raw/turnstile/cast_2.csv", 2, "CAST ERROR"),
+        ("raw/turnstile/cast_2.csv", 4, "CAST ERROR"),
+    ]
+    assert ledger(fresh, "key", "rows_in", "rows_loaded", "rows_rejected") == [
+        ("raw/turnstile/cast_0.csv", 3, 2, 1),
+        ("raw/turnstile/cast_1.csv", 3, 3, 0),
+        ("raw/turnstile/cast_2.csv", 3, 1, 2),
+    ]
+    assert fresh.query(
+        "select _source_key, list(_source_row_number order by _source_row_number) "
+        "from raw.turnstile group by 1 order by 1"
+    ) == [
+        ("raw/turnstile/cast_0.csv", [1, 3]),
+        ("raw/turnstile/cast_1.csv", [1, 2, 3]),
+        ("raw/turnstile/cast_2.csv", [2]),
+    ]
+
+
 def test_a_batch_meeting_a_bad_row_lands_its_objects_one_by_one(fresh: Elt, caplog) -> None:
     caplog.set_level(logging.INFO, logger="loaders.land")
     fresh.put("raw/turnstile/clean_1.csv", week_csv(2, day="07/01/2024"))
