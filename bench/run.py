@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,9 +229,18 @@ def summarise(scale: int, method: str, runs: list[Measured], readings: int, **ex
 
 
 def bench_scale(
-    root: Path, weeks: list[Path], extra: list[Path], repeat: int, args: argparse.Namespace
+    root: Path,
+    weeks: list[Path],
+    extra: list[Path],
+    repeat: int,
+    args: argparse.Namespace,
+    keep: Callable[[list[Record]], None],
 ) -> list[Record]:
-    """Every method at one scale; ``extra`` are the weeks uploaded for the steady state."""
+    """Every method at one scale; ``extra`` are the weeks uploaded for the steady state.
+
+    ``keep`` gets the records so far after each method, so that a long scale
+    stopped midway, or failing late, keeps what it measured.
+    """
     scale = Scale(root, weeks)
     n = len(weeks)
     records: list[Record] = []
@@ -249,6 +259,7 @@ def bench_scale(
         split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
         records.append(summarise(n, "pipeline_cold", cold, readings, split_s=split))
         print(records[-1], flush=True)
+        keep(records)
 
         if extra:
             # Starts from the state the last cold build left.
@@ -262,6 +273,7 @@ def bench_scale(
             split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
             records.append(summarise(n, "pipeline_steady", steady, week_rows, split_s=split))
             print(records[-1], flush=True)
+            keep(records)
             for week in extra[:repeat]:
                 scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
 
@@ -273,6 +285,7 @@ def bench_scale(
         matches = key_rows(scale.get("bench/bare.csv")) == key_rows(pipeline_csv)
         records.append(summarise(n, "bare", bare, readings, matches_pipeline=matches))
         print(records[-1], flush=True)
+        keep(records)
 
         if n in args.landing_scales:
             landing, landing_bare = [], []
@@ -287,6 +300,7 @@ def bench_scale(
             records.append(summarise(n, "landing", landing, readings))
             records.append(summarise(n, "landing_bare", landing_bare, readings))
             print(records[-2:], flush=True)
+            keep(records)
 
         for tool in args.scripts:
             script = str(PROJECT / "bench" / "scripts" / f"{tool}_job.py")
@@ -303,15 +317,32 @@ def bench_scale(
             )
             records.append(summarise(n, tool, runs, readings, matches_pipeline=matches))
             print(records[-1], flush=True)
+            keep(records)
 
         if n == args.memory_limit_scale:
             scale.empty_state()
             env = {**scale.env, "ELT_MEMORY_LIMIT": args.memory_limit}
-            capped = [measure([ELT, "run"], env)]
-            records.append(
-                summarise(n, "pipeline_cold", capped, readings, memory_limit=args.memory_limit)
-            )
+            try:
+                capped = [measure([ELT, "run"], env)]
+                records.append(
+                    summarise(n, "pipeline_cold", capped, readings, memory_limit=args.memory_limit)
+                )
+            except subprocess.CalledProcessError as exc:
+                last = (exc.stderr or "").strip().splitlines()[-1:] or [f"exit {exc.returncode}"]
+                records.append(
+                    Record(
+                        n,
+                        "pipeline_cold",
+                        None,
+                        None,
+                        None,
+                        readings=readings,
+                        note=f"failed: {last[0][:300]}",
+                        memory_limit=args.memory_limit,
+                    )
+                )
             print(records[-1], flush=True)
+            keep(records)
     finally:
         scale.stop()
         shutil.rmtree(scale.home, ignore_errors=True)
@@ -436,7 +467,9 @@ def targets(records: list[Record]) -> list[str]:
             out.append(
                 f"{r.scale} weeks with DuckDB memory_limit {r.memory_limit}: "
                 + (f"completed in {r.median_s:.0f} s" if r.median_s else "did not complete")
-                + f", peak {r.peak_mb:,} MB; target under 3,072 MB."
+                + ("" if r.peak_mb is None else f", peak {r.peak_mb:,} MB")
+                + (f" ({r.note})" if r.note else "")
+                + "; target under 3,072 MB."
             )
     return out
 
@@ -493,8 +526,13 @@ def main() -> None:
             print(records[-1], flush=True)
         for n in scales:
             extra = weeks[n : n + args.repeat] if n > 2 else []
-            records += bench_scale(root, weeks[:n], extra, args.repeat, args)
-            save()
+            done = list(records)
+
+            def keep(partial: list[Record], done: list[Record] = done) -> None:
+                records[:] = done + partial
+                save()
+
+            keep(bench_scale(root, weeks[:n], extra, args.repeat, args, keep))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print("\n".join(targets(records)))
