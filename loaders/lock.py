@@ -20,12 +20,20 @@ from loaders.errors import BusyError
 
 @contextlib.contextmanager
 def exclusive(
-    home: Path, wait_s: float = 60.0, name: str = "run", busy: str | None = None
+    home: Path,
+    wait_s: float = 60.0,
+    name: str = "run",
+    busy: str | None = None,
+    *,
+    shared: bool = False,
 ) -> Iterator[None]:
     """Hold ``<home>/<name>.lock``, waiting up to ``wait_s`` seconds for another holder.
 
     Args:
         busy: Message of the ``BusyError``, ``{pid}`` standing for the holder's pid.
+        shared: Take it as a reader: readers hold it together, and only keep
+            out (and are kept out by) an exclusive holder, whose pid the file
+            keeps.
 
     Raises:
         BusyError: still held by another process after ``wait_s`` seconds.
@@ -37,7 +45,7 @@ def exclusive(
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -49,8 +57,9 @@ def exclusive(
                         f"waited {wait_s:.0f}s, try again later"
                     ) from None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         try:
             yield
         finally:

@@ -129,7 +129,7 @@ def connect(
 def read_only(
     path: Path, home: Path, *, wait_s: float = 0.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse read-only while holding the run lock of ``home``.
+    """Open the warehouse read-only while holding the run lock of ``home``, shared.
 
     DuckDB lets a reader and a writer of one file shut each other out: a
     reader that opens the file just as a run's dbt step does makes that step
@@ -150,6 +150,7 @@ def read_only(
         home,
         wait_s=wait_s,
         busy="warehouse busy: a run (pid {pid}) is going on; try again when it ends",
+        shared=True,  # readers read together; a run waits for all of them
     ):
         try:
             conn = duckdb.connect(str(path), read_only=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders import local_s3
+from loaders import local_s3, warehouse
 from tests.conftest import BIN, HEADER, PROJECT, SAMPLE_WEEKS, Elt, week_csv
 
 pytestmark = pytest.mark.faults
@@ -155,6 +155,10 @@ def test_readers_between_two_steps_never_fail_a_run(elt: Elt, tmp_path: Path) ->
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, ("".join(seen) + stderr)[-3000:]
     assert b",2024-04-03," in elt.get("marts/turnstile_daily.csv")
+    # AND readers of ours share the lock: `elt status` reads while another reader holds it
+    with warehouse.read_only(elt.settings.warehouse_path, elt.home):
+        status = elt.run("status").stdout
+    assert "busy" not in status and "\tmanual\tsuccess\t" in status, status
 
 
 LOAD_ONLY = """
