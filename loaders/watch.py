@@ -170,11 +170,11 @@ def _parse_project(settings: Settings) -> None:
 
     try:
         result = pipeline.dbt(settings, ["parse"])
+        failure = None if result.success else (result.exception or "see logs/dbt.log")
     except Exception as exc:  # whatever it is, the runs will parse and report it
-        log.warning("dbt parse failed, the first run will parse the project: %s", exc)
-        return
-    if not result.success:
-        log.warning("dbt parse failed, the first run will parse the project: %s", result.exception)
+        failure = exc
+    if failure is not None:
+        log.warning("dbt parse failed, the first run will parse the project: %s", failure)
 
 
 def run_command(settings: Settings, verbose: bool, log_format: str) -> list[str]:
