@@ -357,14 +357,19 @@ def _scan_csv(
     )
 
 
-def _numbered(scan: str) -> str:
+def _numbered(scan: str, *virtual: str) -> str:
     """``scan`` with ``elt_record``: each returned row's number in scan order, from 1.
 
     ``row_number() over ()`` on a single scan is DuckDB's documented way to turn
     the row order into a column (files in list order, rows in file order). It
     streams (``STREAMING_WINDOW`` in the plan): the scan is never buffered.
+
+    Args:
+        virtual: Virtual columns of the scan to keep (``*`` leaves them out),
+            e.g. ``file_index``.
     """
-    return f"(select *, row_number() over () as elt_record from {scan})"
+    kept = "".join(f"{name}, " for name in virtual)
+    return f"(select *, {kept}row_number() over () as elt_record from {scan})"
 
 
 def _land_csv(
@@ -579,7 +584,7 @@ def _reject_uncastable(conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]
     first_bad = "case " + " ".join(f"when {t} then {c}" for t, c, _ in checks) + " end"
     first_message = "case " + " ".join(f"when {t} then {m}" for t, _, m in checks) + " end"
     bad = f"_load_id in (select unnest($load_ids)) and ({' or '.join(t for t, _, _ in checks)})"
-    conn.execute(
+    quarantined = conn.execute(
         f"""
         insert into {REJECTS}
         select
@@ -589,7 +594,9 @@ def _reject_uncastable(conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]
         where {bad}
         """,
         {"load_ids": load_ids, "dataset": dataset.name, "offset": first_line - 1},
-    )
+    ).fetchone()
+    if not (quarantined and quarantined[0]):
+        return  # the usual case: no second scan to delete nothing
     conn.execute(f"delete from {_table(dataset)} where {bad}", {"load_ids": load_ids})
     moved = dict(
         conn.execute(
@@ -902,17 +909,17 @@ def _land_batch(
     conn.execute("begin transaction")
     try:
         conn.execute(
-            "create or replace temp table elt_batch_files (filename varchar, key varchar, "
+            "create or replace temp table elt_batch_files (file_index bigint, key varchar, "
             "etag varchar, load_id varchar, loaded_at timestamptz, rows_before bigint)"
         )
         rows_before = 0
-        for staged in group:
+        for file_index, staged in enumerate(group):
             attempt = staged.attempt
             _replace_previous(conn, attempt, bucket)
             conn.execute(
                 "insert into elt_batch_files values (?, ?, ?, ?, ?, ?)",
                 [
-                    str(staged.path),
+                    file_index,
                     attempt.obj.key,
                     attempt.obj.etag,
                     attempt.load_id,
@@ -924,9 +931,9 @@ def _land_batch(
         conn.execute("drop table if exists elt_reject_errors")
         conn.execute("drop table if exists elt_reject_scans")
         paths = [str(s.path) for s in group]
-        scan = _scan_csv(paths, names, dataset, compression).replace(
-            "strict_mode = true", "strict_mode = true, filename = true"
-        )
+        # file_index (the file's place in the list) tells the rows' object:
+        # an integer join, where a filename column would be a string per row.
+        scan = _numbered(_scan_csv(paths, names, dataset, compression), "file_index")
         lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
         target = ", ".join(quote_identifier(n) for n in names)
         source = ", ".join(f"scan.c{i}" for i in range(len(names)))
@@ -934,8 +941,8 @@ def _land_batch(
             f"insert into {_table(dataset)} ({target}, {lineage}) "
             f"select {source}, files.key, files.etag, scan.elt_record - files.rows_before, "
             f"files.load_id, files.loaded_at "
-            f"from {_numbered(scan)} as scan "
-            f"inner join elt_batch_files as files on scan.filename = files.filename"
+            f"from {scan} as scan "
+            f"inner join elt_batch_files as files on scan.file_index = files.file_index"
         )
         rejected = conn.execute("select count(*) from elt_reject_errors").fetchone()
         if rejected and rejected[0]:
