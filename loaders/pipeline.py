@@ -128,9 +128,14 @@ def dbt(settings: Settings, args: list[str]) -> Any:
         "--target",
         settings.target,
         # dbt's console lines go through our logging (run id, JSON, masking);
-        # logs/dbt.log keeps its own full debug log.
+        # its own full debug log goes to <ELT_HOME>/logs/dbt.log (without
+        # --log-level-file, "none" would silence the file too).
         "--log-level",
         "none",
+        "--log-level-file",
+        "debug",
+        "--log-path",
+        str(settings.home / "logs"),
         "--no-use-colors",
     ]
     with _environment(settings.dbt_env()):
@@ -169,7 +174,7 @@ def _failure_line(result: Any) -> str:
             if str(n.status) in ("error", "fail", "runtime error")
         ]
         if not failed:
-            return "dbt reported a failure (see logs/dbt.log)"
+            return "dbt reported a failure (see logs/dbt.log in ELT_HOME)"
         node = failed[0]
         message = f"{node.node.resource_type} {node.node.name}: {node.message or node.status}"
         if len(failed) > 1:

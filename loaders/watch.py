@@ -170,7 +170,7 @@ def _parse_project(settings: Settings) -> None:
 
     try:
         result = pipeline.dbt(settings, ["parse"])
-        failure = None if result.success else (result.exception or "see logs/dbt.log")
+        failure = None if result.success else (result.exception or "see logs/dbt.log in ELT_HOME")
     except Exception as exc:  # whatever it is, the runs will parse and report it
         failure = exc
     if failure is not None:

@@ -85,6 +85,8 @@ def test_no_secret_in_logs_receipts_or_dbt_artifacts_even_in_debug(elt: Elt) -> 
     for path in Path(elt.home).rglob("*"):
         if path.is_file() and path.suffix in (".json", ".log") and path.parent.name != "s3":
             places[str(path)] = path.read_text(errors="replace")
+    # (dbt's debug log, every SQL statement, is among them)
+    assert "SQL status: OK" in places[str(Path(elt.home) / "logs" / "dbt.log")]
     # AND DuckDB holds the keys as a secret, redacted, not as a readable setting
     with warehouse.connect(
         elt.settings.warehouse_path, s3_mod.connection(elt.settings.lake, elt.home)
