@@ -163,8 +163,16 @@ def _close_dbt_warehouse() -> None:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _failure_line(result: Any) -> str:
-    """The first failed dbt node and its message, as one line (colours stripped)."""
+def failure_line(result: Any) -> str:
+    """The first failed dbt node and its message, as one line (colours stripped).
+
+    Args:
+        result: An unsuccessful ``dbtRunnerResult`` (from :func:`dbt`).
+
+    Returns:
+        At most 400 characters: dbt's exception, else the first failed node
+        and how many more failed, else a pointer to ``$ELT_HOME/logs/dbt.log``.
+    """
     if result.exception is not None:
         message = str(result.exception)
     else:
@@ -222,7 +230,7 @@ def build(
     if nodes is not None:
         nodes.extend(ran)
     if not result.success:
-        raise StepError("dbt build", _failure_line(result))
+        raise StepError("dbt build", failure_line(result))
     exporting = {
         n.node.name: n.node.relation_name
         for n in results

@@ -170,9 +170,9 @@ def _parse_project(settings: Settings) -> None:
 
     try:
         result = pipeline.dbt(settings, ["parse"])
-        failure = None if result.success else (result.exception or "see logs/dbt.log in ELT_HOME")
+        failure = None if result.success else pipeline.failure_line(result)
     except Exception as exc:  # whatever it is, the runs will parse and report it
-        failure = exc
+        failure = str(exc)
     if failure is not None:
         log.warning("dbt parse failed, the first run will parse the project: %s", failure)
 
