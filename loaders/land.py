@@ -1164,6 +1164,7 @@ def land_all(
     workdir.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=workdir) as tmp,
+        _one_thread_per_statement(conn, workers),
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="land") as pool,
     ):
 
@@ -1218,6 +1219,28 @@ def land_all(
         for index, finished in finishing.items():
             results[index] = finished.result()
     return [results[i] for i in range(len(jobs))]
+
+
+@contextlib.contextmanager
+def _one_thread_per_statement(conn: duckdb.DuckDBPyConnection, workers: int) -> Iterator[None]:
+    """Run DuckDB on the calling threads alone while ``workers`` statements run at once.
+
+    Every landing statement numbers its rows (``row_number() over ()``), which
+    DuckDB runs on one thread, so the loader runs one statement per core. With
+    ``threads`` left at the core count, DuckDB's own worker threads compete
+    with those statements for the cores: measured at 32 weeks, two batches
+    took 16.9 s and 32 CPU-s, against 12.6 s and 23 CPU-s with ``threads = 1``.
+    ``threads`` is a database-wide setting; it is restored on the way out.
+    """
+    if workers < 2:
+        yield
+        return
+    row = conn.execute("select current_setting('threads')").fetchone()
+    conn.execute("set threads = 1")
+    try:
+        yield
+    finally:
+        conn.execute(f"set threads = {int(row[0]) if row else workers}")
 
 
 def _batches(

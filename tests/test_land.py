@@ -12,7 +12,8 @@ import pytest
 import zstandard
 from botocore.exceptions import ClientError
 
-from loaders import pipeline
+from loaders import land, pipeline, warehouse
+from loaders import s3 as s3_mod
 from loaders.datasets import Dataset, discover
 from tests.conftest import HEADER, PROJECT, Elt, week_csv
 
@@ -391,6 +392,35 @@ def test_clean_objects_land_as_one_batch_with_their_own_row_numbers(fresh: Elt, 
         "select _source_key, min(_source_row_number), max(_source_row_number), count(distinct _load_id) "
         "from raw.turnstile group by 1 order by 1"
     ) == [(f"raw/turnstile/batch_{n}.csv", 1, 3 + n, 1) for n in range(3)]
+
+
+def test_landing_runs_one_duckdb_thread_per_statement_then_restores_threads(
+    fresh: Elt, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN four clean objects, landed by two workers on a 2-thread warehouse
+    seen: list[int] = []
+    land_batch = land._land_batch
+
+    def spy(conn: duckdb.DuckDBPyConnection, *args: object) -> object:
+        seen.append(int(conn.execute("select current_setting('threads')").fetchone()[0]))
+        return land_batch(conn, *args)
+
+    monkeypatch.setattr(land, "_land_batch", spy)
+    for n in range(4):
+        fresh.put(f"raw/turnstile/threads_{n}.csv", week_csv(2, day=f"06/0{n + 1}/2024"))
+    settings = fresh.settings
+    config = {**settings.duckdb_config(), "threads": "2"}
+    lake = s3_mod.connection(settings.lake, settings.home)
+    with warehouse.connect(settings.warehouse_path, lake, config=config) as conn:
+        results = land.land_all(
+            conn, fresh.s3(), "lake", discover(settings.project_dir), settings.home / "tmp"
+        )
+        after = conn.execute("select current_setting('threads')").fetchone()[0]
+    # THEN each batch statement ran with DuckDB on its calling thread alone,
+    # and the warehouse's setting is back for what runs next (dbt)
+    assert {r.status for r in results} == {"loaded"}
+    assert seen == [1, 1]
+    assert after == 2
 
 
 def test_cast_errors_in_a_batch_are_quarantined_and_counted_per_object(fresh: Elt, caplog) -> None:
