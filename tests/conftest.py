@@ -96,6 +96,14 @@ class Elt:
 HEADER = ",CA,UNIT,SCP,STATION,LINENAME,DIVISION,DATE,TIME,DESC,ENTRIES,EXITS"
 
 
+# raw.turnstile with each row's object key and ETag, which the ledger holds per load.
+LANDED = (
+    "(select ledger.key as _source_key, ledger.etag as _source_etag, landed.* "
+    "from raw.turnstile as landed inner join elt.ledger as ledger "
+    "on ledger.load_id = landed._load_id)"
+)
+
+
 def week_csv(
     rows: int = 3, day: str = "01/01/2024", start: int = 1000, station: str = "59 ST"
 ) -> bytes:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import BIN, PROJECT, Elt, week_csv
+from tests.conftest import BIN, LANDED, PROJECT, Elt, week_csv
 
 pytestmark = pytest.mark.faults
 
@@ -48,7 +48,7 @@ def test_kill_9_then_rerun_converges(elt: Elt, reference: dict[str, bytes], poin
     assert killed.returncode == -signal.SIGKILL
     # THEN the next run finishes the job: each object once, same CSV
     elt.run("run")
-    assert elt.query("select _source_key, count(*) from raw.turnstile group by 1 order by 1") == [
+    assert elt.query("select _source_key, count(*) from " + LANDED + " group by 1 order by 1") == [
         ("raw/turnstile/a.csv", 3),
         ("raw/turnstile/b.csv", 3),
     ]

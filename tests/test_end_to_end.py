@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import BIN, PROJECT, SAMPLE_WEEKS, Elt
+from tests.conftest import BIN, LANDED, PROJECT, SAMPLE_WEEKS, Elt
 
 HEADER = [
     "turnstile_id",
@@ -159,7 +159,7 @@ def test_station_daily_totals_match_turnstile_daily(loaded: Elt, turnstile_days)
 def test_lineage_columns_trace_each_row_to_its_object(loaded: Elt) -> None:
     rows = loaded.query(
         "select _source_key, _source_etag, min(_source_row_number), max(_source_row_number), "
-        "count(distinct _load_id), count(*) from raw.turnstile group by all order by 1"
+        "count(distinct _load_id), count(*) from " + LANDED + " group by all order by 1"
     )
     etags = {
         o["Key"]: o["ETag"].strip('"')

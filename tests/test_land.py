@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from loaders import land, pipeline, warehouse
 from loaders import s3 as s3_mod
 from loaders.datasets import Dataset, discover
-from tests.conftest import HEADER, PROJECT, Elt, week_csv
+from tests.conftest import HEADER, LANDED, PROJECT, Elt, week_csv
 
 ROW = "{i},A002,R051,02-00-00,59 ST,NQR456W,BMT,01/01/2024,0{i}:00:00,REGULAR,{e},100"
 
@@ -66,7 +66,7 @@ def test_header_variants_land_by_name(fresh: Elt) -> None:
     # THEN columns matched by normalised name, not by position
     rows = fresh.query(
         "select _source_key, ca, c_a, unit, entries, unnamed_1, _source_row_number "
-        "from raw.turnstile order by _source_key, _source_row_number"
+        "from " + LANDED + " order by _source_key, _source_row_number"
     )
     assert rows == [
         ("raw/turnstile/a.csv", "A002", None, "R051", "1000", "0", 1),
@@ -151,7 +151,9 @@ def test_every_supported_format_lands(fresh: Elt) -> None:
         ]
     )
     assert fresh.query(
-        "select _source_key, entries, _source_row_number from raw.turnstile where date != '01/01/2024' order by all"
+        "select _source_key, entries, _source_row_number from "
+        + LANDED
+        + " where date != '01/01/2024' order by all"
     ) == [
         ("raw/turnstile/f2.jsonl", "10", 1),
         ("raw/turnstile/f2.jsonl", "11", 2),
@@ -260,6 +262,25 @@ def test_each_object_version_loads_exactly_once(fresh: Elt) -> None:
     assert fresh.query("select count(*) from raw.turnstile") == [(2,)]
 
 
+def test_warehouse_from_before_the_ledger_held_keys_keeps_its_rows(fresh: Elt) -> None:
+    # GIVEN a warehouse landed when every row carried its key and ETag
+    fresh.put("raw/turnstile/old.csv", week_csv(2))
+    load(fresh)
+    with duckdb.connect(str(fresh.settings.warehouse_path)) as conn:
+        conn.execute("alter table raw.turnstile add column _source_key varchar")
+        conn.execute("alter table raw.turnstile add column _source_etag varchar")
+        conn.execute("update raw.turnstile set _source_key = 'raw/turnstile/old.csv'")
+    # WHEN the next run lands a new object
+    fresh.put("raw/turnstile/new.csv", week_csv(3, start=10))
+    assert load(fresh) == "raw/turnstile/new.csv:loaded:3:0"
+    # THEN the per-row copies are gone, and the ledger gives every row its object
+    columns = {c for (c,) in fresh.query("select name from pragma_table_info('raw.turnstile')")}
+    assert not columns & {"_source_key", "_source_etag"}
+    assert fresh.query(
+        "select _source_key, count(*) from " + LANDED + " group by 1 order by 1"
+    ) == [("raw/turnstile/new.csv", 3), ("raw/turnstile/old.csv", 2)]
+
+
 def test_same_bytes_under_another_key_is_a_duplicate(fresh: Elt) -> None:
     fresh.put("raw/turnstile/w.csv", week_csv(2))
     load(fresh)
@@ -292,9 +313,7 @@ def test_new_version_of_a_key_replaces_its_rows_and_keeps_both_in_the_ledger(fre
 def test_awkward_keys_load_safely(fresh: Elt, name: str) -> None:
     fresh.put(f"raw/turnstile/{name}", week_csv(2))
     assert load(fresh) == f"raw/turnstile/{name}:loaded:2:0"
-    assert fresh.query("select distinct _source_key from raw.turnstile") == [
-        (f"raw/turnstile/{name}",)
-    ]
+    assert fresh.query("select distinct _source_key from " + LANDED) == [(f"raw/turnstile/{name}",)]
 
 
 @pytest.mark.parametrize(
@@ -390,7 +409,7 @@ def test_clean_objects_land_as_one_batch_with_their_own_row_numbers(fresh: Elt, 
     assert "(batch of 2)" in caplog.text and "(batch of 1)" in caplog.text
     assert fresh.query(
         "select _source_key, min(_source_row_number), max(_source_row_number), count(distinct _load_id) "
-        "from raw.turnstile group by 1 order by 1"
+        "from " + LANDED + " group by 1 order by 1"
     ) == [(f"raw/turnstile/batch_{n}.csv", 1, 3 + n, 1) for n in range(3)]
 
 
@@ -456,7 +475,7 @@ def test_cast_errors_in_a_batch_are_quarantined_and_counted_per_object(fresh: El
     ]
     assert fresh.query(
         "select _source_key, list(_source_row_number order by _source_row_number) "
-        "from raw.turnstile group by 1 order by 1"
+        "from " + LANDED + " group by 1 order by 1"
     ) == [
         ("raw/turnstile/cast_0.csv", [1, 3]),
         ("raw/turnstile/cast_1.csv", [1, 2, 3]),
@@ -507,7 +526,7 @@ def test_byte_order_mark_and_crlf_endings_land_like_plain_lf(fresh: Elt) -> None
     assert load(fresh) == "raw/turnstile/bom_crlf.csv:loaded:3:0, raw/turnstile/lf.csv:loaded:3:0"
     by_key = fresh.query(
         "select _source_key, list(ca || '|' || exits || '|' || time order by _source_row_number) "
-        "from raw.turnstile group by 1 order by 1"
+        "from " + LANDED + " group by 1 order by 1"
     )
     assert (
         by_key[0][1]
@@ -545,6 +564,6 @@ def test_more_than_1000_objects_in_one_prefix_all_land(fresh: Elt) -> None:
     # WHEN loaded THEN every one lands once
     results = pipeline.load(fresh.settings, client)
     assert len(results) == 1005 and {r.status for r in results} == {"loaded"}
-    assert fresh.query("select count(*), count(distinct _source_key) from raw.turnstile") == [
+    assert fresh.query("select count(*), count(distinct _source_key) from " + LANDED) == [
         (1005, 1005)
     ]

@@ -6,6 +6,17 @@ source as (
 
 ),
 
+-- The object a row came from is kept once per load, in the loader's ledger.
+loads as (
+
+    select
+        load_id,
+        key
+
+    from {{ source('elt', 'ledger') }}
+
+),
+
 renamed as (
 
     select
@@ -23,12 +34,13 @@ renamed as (
         upper(trim(source.desc)) as audit_type,
         cast(trim(source.entries) as bigint) as cumulative_entries,
         cast(trim(source.exits) as bigint) as cumulative_exits,
-        source._source_key,
+        loads.key as _source_key,
         source._source_row_number,
         source._load_id,
         source._loaded_at
 
     from source
+    left join loads on source._load_id = loads.load_id
 
 ),
 
