@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 UV_VERSION := 0.13.9
 export UV_PYTHON_DOWNLOADS := never
+# Byte-compile at install: `elt` starts without compiling its dependencies,
+# even where Python may not write .pyc files (read-only venv, PYTHONDONTWRITEBYTECODE).
+export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: install browser demo test lint docs serve bench down clean

@@ -444,7 +444,8 @@ def test_landing_runs_one_duckdb_thread_per_statement_then_restores_threads(
 
 def test_cast_errors_in_a_batch_are_quarantined_and_counted_per_object(fresh: Elt, caplog) -> None:
     caplog.set_level(logging.INFO, logger="loaders.land")
-    # GIVEN three clean CSVs (one batch of two, one of one) with entries that are not integers
+    # GIVEN three CSVs (a batch of cast_0 and cast_2, one of cast_1), two with
+    # entries that are not integers
     fresh.put(
         "raw/turnstile/cast_0.csv",
         week_csv(3, day="08/01/2024").replace(b",1001,100", b",1OO1,100"),
@@ -466,7 +467,9 @@ def test_cast_errors_in_a_batch_are_quarantined_and_counted_per_object(fresh: El
             "raw/turnstile/cast_2.csv:loaded:1:2",
         ]
     )
-    assert "(batch of 2)" in caplog.text and "(batch of 1)" in caplog.text
+    # the batch holding bad values landed its objects one by one; the clean one stayed a batch
+    assert "batch of 2 objects: raw/turnstile/cast_0.csv: 2 rows for 3 lines" in caplog.text
+    assert "cast_1.csv: 3 rows, 0 rejected (batch of 1)" in caplog.text
     assert rejects(fresh) == [
         ("raw/turnstile/cast_0.csv", 3, "CAST ERROR"),
         ("raw/turnstile/cast_2.csv", 2, "CAST ERROR"),
