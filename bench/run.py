@@ -228,6 +228,31 @@ def summarise(scale: int, method: str, runs: list[Measured], readings: int, **ex
     )
 
 
+def landing_pairs(scale: Scale, repeat: int) -> list[Record]:
+    """The loader alone, then a bare CTAS over the same objects, ``repeat`` times in turn.
+
+    Each pair runs back to back, so a slower spell of the machine hits both.
+    """
+    py = sys.executable
+    landing, landing_bare = [], []
+    for _ in range(repeat):
+        scale.empty_state()
+        landing.append(measure([py, "-c", LANDING], scale.env))
+        (scale.home / "bench.duckdb").unlink(missing_ok=True)
+        landing_bare.append(
+            measure([py, "-c", LANDING_BARE, str(scale.home / "bench.duckdb")], scale.env)
+        )
+        (scale.home / "bench.duckdb").unlink(missing_ok=True)
+    readings = int(landing[-1].stdout.strip().splitlines()[-1])
+    bare_rows = int(landing_bare[-1].stdout.strip().splitlines()[-1])
+    if bare_rows != readings:
+        raise RuntimeError(f"the loader landed {readings} rows, the bare CTAS {bare_rows}")
+    return [
+        summarise(len(scale.weeks), "landing", landing, readings),
+        summarise(len(scale.weeks), "landing_bare", landing_bare, readings),
+    ]
+
+
 def bench_scale(
     root: Path,
     weeks: list[Path],
@@ -288,17 +313,7 @@ def bench_scale(
         keep(records)
 
         if n in args.landing_scales:
-            landing, landing_bare = [], []
-            for _ in range(repeat):
-                scale.empty_state()
-                landing.append(measure([py, "-c", LANDING], scale.env))
-                (scale.home / "bench.duckdb").unlink(missing_ok=True)
-                landing_bare.append(
-                    measure([py, "-c", LANDING_BARE, str(scale.home / "bench.duckdb")], scale.env)
-                )
-                (scale.home / "bench.duckdb").unlink(missing_ok=True)
-            records.append(summarise(n, "landing", landing, readings))
-            records.append(summarise(n, "landing_bare", landing_bare, readings))
+            records += landing_pairs(scale, repeat)
             print(records[-2:], flush=True)
             keep(records)
 
@@ -390,6 +405,11 @@ def report(records: list[Record], meta: dict[str, Any]) -> str:
         "resident memory of the process and its children. Raw records:",
         "`bench/results/latest.json`.",
         "",
+        *(
+            [f"Since then, {meta['note']} (`--only-landing`): those rows are newer.", ""]
+            if meta.get("note")
+            else []
+        ),
         "| weeks | readings | method | median s | readings/s | peak MB | x bare | notes |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -490,6 +510,11 @@ def main() -> None:
     parser.add_argument(
         "--merge", action="store_true", help="keep earlier results of the scales not run now"
     )
+    parser.add_argument(
+        "--only-landing",
+        action="store_true",
+        help="time only the loader against a bare CTAS, at --scales; keep every other result",
+    )
     parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--memory-limit-scale", type=int, default=256)
     parser.add_argument("--data", type=Path, default=PROJECT / "bench" / "data" / "weeks")
@@ -516,6 +541,31 @@ def main() -> None:
         args.out.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
         args.readme.write_text(report(records, meta))
 
+    if args.only_landing:
+        kept = [Record(**r) for r in json.loads(args.out.read_text())]
+        records += [
+            r for r in kept if not (r.scale in scales and r.method in ("landing", "landing_bare"))
+        ]
+        meta["note"] = f"landing re-measured {meta['date']} at {args.scales} weeks"
+        try:
+            for n in scales:
+                scale = Scale(root, weeks[:n])
+                try:
+                    print(f"== landing, {n} weeks", flush=True)
+                    pairs = landing_pairs(scale, args.repeat)
+                    bare = [r.median_s for r in records if r.scale == n and r.method == "bare"]
+                    for record in pairs:
+                        if bare and bare[0] and record.median_s:
+                            record.ratio_to_bare = round(record.median_s / bare[0], 2)
+                    records += pairs
+                    print(records[-2:], flush=True)
+                    save()
+                finally:
+                    scale.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print("\n".join(targets(records)))
+        return
     if args.merge and args.out.exists():
         # Keep the records of scales this invocation does not measure.
         kept = [Record(**r) for r in json.loads(args.out.read_text())]
