@@ -349,17 +349,30 @@ def _insert_rows(
 
 
 def _scan_csv(
-    paths: list[Path] | list[str], names: list[str], dataset: Dataset, compression: str
+    paths: list[Path] | list[str],
+    names: list[str],
+    dataset: Dataset,
+    compression: str,
+    store_rejects: bool = True,
 ) -> str:
-    """``read_csv`` over local files: the columns by position, named c0, c1, ..., as text."""
+    """``read_csv`` over local files: the columns by position, named c0, c1, ..., as text.
+
+    Args:
+        store_rejects: Keep going past bad records, noting them in the temp
+            tables ``elt_reject_errors`` and ``elt_reject_scans``; ``False``
+            for a file already read cleanly once.
+    """
     files = "[" + ", ".join(sql_literal(str(p)) for p in paths) + "]"
     positional = ", ".join(f"{sql_literal(f'c{i}')}: 'varchar'" for i in range(len(names)))
+    rejects = (
+        ", store_rejects = true, ignore_errors = true, "
+        "rejects_table = 'elt_reject_errors', rejects_scan = 'elt_reject_scans'"
+    )
     return (
         f"read_csv({files}, header = true, auto_detect = false, "
         f"columns = {{{positional}}}, delim = {sql_literal(dataset.delimiter)}, "
         f"quote = '\"', escape = '\"', compression = {sql_literal(compression)}, "
-        "strict_mode = true, store_rejects = true, ignore_errors = true, "
-        "rejects_table = 'elt_reject_errors', rejects_scan = 'elt_reject_scans')"
+        f"strict_mode = true{rejects if store_rejects else ''})"
     )
 
 
@@ -596,6 +609,13 @@ def _cast_checks(
     return checks
 
 
+def _first_cast_error(checks: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """SQL of the first failing column's name, and of its message, from :func:`_cast_checks`."""
+    first_bad = "case " + " ".join(f"when {t} then {c}" for t, c, _ in checks) + " end"
+    first_message = "case " + " ".join(f"when {t} then {m}" for t, _, m in checks) + " end"
+    return first_bad, first_message
+
+
 def _reject_uncastable(conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]) -> None:
     """Move rows with a value that cannot be cast to its contract type to the quarantine.
 
@@ -612,8 +632,7 @@ def _reject_uncastable(conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]
     load_ids = [a.load_id for a in attempts]
     keys = [a.obj.key for a in attempts]
     checks = _cast_checks(dataset)
-    first_bad = "case " + " ".join(f"when {t} then {c}" for t, c, _ in checks) + " end"
-    first_message = "case " + " ".join(f"when {t} then {m}" for t, _, m in checks) + " end"
+    first_bad, first_message = _first_cast_error(checks)
     bad = f"_load_id in (select unnest($load_ids)) and ({' or '.join(t for t, _, _ in checks)})"
     quarantined = conn.execute(
         f"""
@@ -964,9 +983,9 @@ def _land_batch(
         lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
         target = ", ".join(quote_identifier(n) for n in names)
         source = ", ".join(f"scan.c{i}" for i in range(len(names)))
-        # A row with a value that does not cast is held back: the counts then
-        # differ, and the objects take the one-object path, which quarantines
-        # it. In the usual case this spares a second scan of the landed rows.
+        # A row with a value that does not cast is held back, and quarantined
+        # from a second read of its object alone: in the usual case (nothing
+        # held back) there is no second scan at all.
         positions = {name: f"scan.c{i}" for i, name in enumerate(names)}
         castable = " and ".join(
             f"not ({test})" for test, _, _ in _cast_checks(dataset, positions.get)
@@ -992,16 +1011,17 @@ def _land_batch(
         for staged in group:
             attempt = staged.attempt
             n, first, last = counts.get(attempt.load_id, (0, 1, 0))
-            if (n, first, last) != (attempt.rows_in, 1, attempt.rows_in):
-                raise _NotBatchable(
-                    f"{attempt.obj.key}: {n} rows for {attempt.rows_in} lines "
-                    "(a value that does not cast, or a record the count and the parser split "
-                    "differently)"
-                )
+            held = attempt.rows_in - n
+            if held > 0 and castable:
+                held -= _quarantine_held_back(conn, staged, names)
+            # Distinct record numbers within 1..rows_in, with the quarantined
+            # ones, account for every line exactly once.
+            if held != 0 or first < 1 or last > attempt.rows_in:
+                raise _NotBatchable(f"{attempt.obj.key}: {n} rows for {attempt.rows_in} lines")
             attempt.rows_loaded = n
+            attempt.rows_rejected = attempt.rows_in - n
         for staged in group:
             attempt = staged.attempt
-            attempt.rows_rejected = 0
             attempt.status = "loaded"
             _record(conn, attempt, bucket)
         conn.execute("drop table elt_batch_files")
@@ -1025,6 +1045,42 @@ def _land_batch(
             len(group),
         )
     return results
+
+
+def _quarantine_held_back(
+    conn: duckdb.DuckDBPyConnection, staged: _Staged, names: list[str]
+) -> int:
+    """Quarantine the records of ``staged`` a batch held back for a value that does not cast.
+
+    Reads the object's staged file again (alone, already known to parse), in
+    the batch's transaction.
+
+    Returns:
+        Records quarantined.
+    """
+    attempt = staged.attempt
+    positions = {name: f"c{i}" for i, name in enumerate(names)}
+    checks = _cast_checks(attempt.dataset, positions.get)
+    first_bad, first_message = _first_cast_error(checks)
+    scan = _numbered(
+        _scan_csv([staged.path], names, attempt.dataset, staged.meter.compression, False)
+    )
+    moved = conn.execute(
+        f"""
+        insert into {REJECTS}
+        select ?, ?, ?, elt_record + ?, {first_bad}, 'CAST ERROR', {first_message}, null, ?
+        from {scan}
+        where {" or ".join(test for test, _, _ in checks)}
+        """,
+        [
+            attempt.load_id,
+            attempt.dataset.name,
+            attempt.obj.key,
+            attempt.first_line - 1,
+            attempt.started_at,
+        ],
+    ).fetchone()
+    return int(moved[0]) if moved else 0
 
 
 def _add_columns_alone(

@@ -467,9 +467,11 @@ def test_cast_errors_in_a_batch_are_quarantined_and_counted_per_object(fresh: El
             "raw/turnstile/cast_2.csv:loaded:1:2",
         ]
     )
-    # the batch holding bad values landed its objects one by one; the clean one stayed a batch
-    assert "batch of 2 objects: raw/turnstile/cast_0.csv: 2 rows for 3 lines" in caplog.text
+    # both batches landed as batches: the held-back rows were quarantined in them
+    assert "cast_0.csv: 2 rows, 1 rejected (batch of 2)" in caplog.text
+    assert "cast_2.csv: 1 rows, 2 rejected (batch of 2)" in caplog.text
     assert "cast_1.csv: 3 rows, 0 rejected (batch of 1)" in caplog.text
+    assert "one by one" not in caplog.text
     assert rejects(fresh) == [
         ("raw/turnstile/cast_0.csv", 3, "CAST ERROR"),
         ("raw/turnstile/cast_2.csv", 2, "CAST ERROR"),
