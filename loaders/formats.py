@@ -119,7 +119,7 @@ def _pieces(data: bytes, size: int) -> Iterator[bytes]:
 
 
 class LineCounter:
-    """Counts non-blank lines (empty, or a lone ``\r``, is blank) in a byte stream.
+    """Counts non-blank lines (empty, or a lone ``\\r``, is blank) in a byte stream.
 
     The count does not depend on how the stream is cut into chunks: a line
     split across two chunks counts as it would in one. Also notes whether a
