@@ -188,6 +188,9 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+    # One line per object with quarantined rows: how many, and why.
+    for line in filter(None, (r.quarantine_line() for r in report.loads)):
+        out.print(f"{line} (see marts/_rejects/)", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

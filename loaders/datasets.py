@@ -16,20 +16,30 @@ A dataset is a table of a dbt source whose schema is ``raw`` and whose
               - name: ca                   # declared columns, as normalised names
               - name: entries
                 data_type: bigint          # rows that cannot cast are quarantined
+                constraints:
+                  - type: not_null         # rows without a value too
+              - name: date
+                data_type: date
+                config:
+                  meta:
+                    format: '%m/%d/%Y'     # the format staging parses it with
 
 Objects under ``raw/<name>/`` land into ``raw.<name>``; other prefixes are
-not datasets and are skipped with a warning.
+not datasets and are skipped with a warning. What each value must be (the
+``data_type``, ``format`` and ``not_null`` of its column) is read by
+:mod:`loaders.contract`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from loaders.contract import Rule, rule_of
 from loaders.errors import ConfigError
 from loaders.formats import SUFFIXES, format_of
 
@@ -37,7 +47,6 @@ from loaders.formats import SUFFIXES, format_of
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 RAW_SCHEMA = "raw"
-TEXT_TYPES = {"varchar", "text", "string"}
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
@@ -64,8 +73,9 @@ class Dataset:
         delimiter: Field delimiter of CSV files.
         key_pattern: Regular expression a file name (the key after the prefix)
             must match in full; ``None`` allows any name with a supported suffix.
-        casts: Column -> SQL type, from the YAML's ``data_type`` (text types
-            left out): a value that does not cast sends its row to quarantine.
+        rules: What the values of the columns that declare a ``data_type``
+            (other than text) or a ``not_null`` constraint must be: a row
+            breaking one is quarantined (:mod:`loaders.contract`).
     """
 
     name: str
@@ -74,7 +84,7 @@ class Dataset:
     required: tuple[tuple[str, ...], ...]
     delimiter: str = ","
     key_pattern: str | None = None
-    casts: dict[str, str] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
 
     @property
     def prefix(self) -> str:
@@ -106,7 +116,7 @@ def _dataset(source: dict[str, Any], table: dict[str, Any], path: Path) -> Datas
         tuple(normalise_name(part, 0) for part in str(entry).split("|"))
         for entry in meta.get("required_columns") or []
     )
-    columns, casts = [], {}
+    columns, rules = [], []
     for column in table.get("columns") or []:
         column_name = str(column["name"])
         if column_name.startswith("_"):
@@ -117,13 +127,9 @@ def _dataset(source: dict[str, Any], table: dict[str, Any], path: Path) -> Datas
                 f"({normalise_name(column_name, 0)!r})"
             )
         columns.append(column_name)
-        data_type = str(column.get("data_type") or "varchar").strip().lower()
-        if data_type not in TEXT_TYPES:
-            if not re.fullmatch(r"[a-z][a-z0-9_ ]*(\(\d+(, *\d+)?\))?", data_type):
-                raise ConfigError(
-                    f"{path}: column {column_name}: unsupported data_type {data_type!r}"
-                )
-            casts[column_name] = data_type
+        rule = rule_of(column, required, f"{path}: {name}")
+        if rule is not None:
+            rules.append(rule)
     return Dataset(
         name=name,
         source=str(source["name"]),
@@ -131,7 +137,7 @@ def _dataset(source: dict[str, Any], table: dict[str, Any], path: Path) -> Datas
         required=required,
         delimiter=str(meta.get("delimiter", ",")),
         key_pattern=str(meta["key_pattern"]) if meta.get("key_pattern") else None,
-        casts=casts,
+        rules=tuple(rules),
     )
 
 

@@ -10,11 +10,14 @@ On each new connection it loads httpfs from the wheel (offline), creates the
 temporary DuckDB secret for the target's bucket, with credentials from
 :func:`loaders.s3.connection` (local server keys, or the AWS chain), and
 registers the SQL functions the publish step of ``macros/export_mart.sql``
-calls (:func:`loaders.publish.publish_object`, :func:`loaders.publish.discard_object`).
+calls (:func:`loaders.publish.publish_object`, :func:`loaders.publish.discard_object`)
+and the one a unit test's ``cast_source_column()`` reads the source contract
+from (:func:`loaders.contract.column_contract`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,8 @@ from typing import Any
 from dbt.adapters.duckdb.plugins import BasePlugin
 from duckdb import DuckDBPyConnection
 
-from loaders import publish, s3, warehouse
-from loaders.config import LakeConfig, duckdb_config, resolve_home
+from loaders import contract, datasets, publish, s3, warehouse
+from loaders.config import LakeConfig, duckdb_config, project_dir, resolve_home
 from loaders.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -54,3 +57,12 @@ class Plugin(BasePlugin):
         warehouse.configure(conn, self._connection)
         # Registered in the database's catalog: dbt's cursors see them too.
         publish.register_functions(conn, self.lake.bucket, resolve_home(), lambda: self._connection)
+
+        def source_contract(source: str, table: str, column: str) -> str:
+            registry = datasets.discover(project_dir())
+            return json.dumps(contract.column_contract(registry, source, table, column))
+
+        # What a unit test's cast_source_column() reads: its graph holds no sources.
+        conn.create_function(
+            "elt_source_contract", source_contract, ["varchar"] * 3, "varchar", side_effects=True
+        )

@@ -44,10 +44,13 @@ class BusyError(EltError):
 class StepError(EltError):
     """A pipeline step (load, dbt build, export) failed; ``step`` names it.
 
-    ``reasons`` holds one line per failure (one per failed object for ``load``).
+    ``reasons`` holds one line per failure (one per failed object for ``load``);
+    ``notes`` are further lines said as they are (what still succeeded).
     """
 
-    def __init__(self, step: str, *reasons: str) -> None:
-        super().__init__("\n".join(f"{step} failed: {reason}" for reason in reasons))
+    def __init__(self, step: str, *reasons: str, notes: tuple[str, ...] = ()) -> None:
+        lines = [f"{step} failed: {reason}" for reason in reasons]
+        super().__init__("\n".join([*lines, *notes]))
         self.step = step
         self.reasons = reasons
+        self.notes = notes

@@ -17,7 +17,9 @@ long strings per row they cost 11% of landing time (measured at 32 weeks,
 ``elt.ledger`` has one row per object version seen, with its sha256, status
 (``loaded``, ``failed``, ``duplicate``, ``refused``, ``superseded``), rows in,
 loaded and rejected, and timings. Rows that do not parse go to ``elt.rejects``
-with their line, error type, message and raw text. For each object the rows,
+with their line, error type, message and raw text; so do rows with a value
+the source contract refuses (:mod:`loaders.contract`), naming the column and
+the value: whatever lands, staging can convert. For each object the rows,
 the rejects and the ledger row are written in one DuckDB transaction: a crash
 at any point leaves either all of it or none of it, and the next run finishes
 the job. A new version of a key replaces the rows of the previous one in that
@@ -47,7 +49,7 @@ import duckdb
 import zstandard
 from botocore.exceptions import BotoCoreError, ClientError
 
-from loaders import faults
+from loaders import contract, faults
 from loaders.datasets import RAW_SCHEMA, Dataset, normalise_name
 from loaders.errors import LoadError, StorageError
 from loaders.formats import PARQUET_MAGIC, ContentMeter, format_of
@@ -60,7 +62,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEDGER = "elt.ledger"
+# Loader state: each dataset's contract fingerprint (``contract:<dataset>``),
+# when landed rows were last removed (``rows_removed_at``) and when the models
+# were last rebuilt in full (``full_refresh_at``).
+STATE = "elt.state"
 REJECTS = "elt.rejects"
+# The columns an insert into elt.rejects gives, in this order.
+REJECT_COLUMNS = (
+    "load_id, dataset, key, line, column_name, error_type, message, raw_line, rejected_at, value"
+)
 LINEAGE_COLUMNS = (
     ("_source_row_number", "bigint"),
     ("_load_id", "varchar"),
@@ -105,6 +115,8 @@ class LoadResult:
         rows_loaded: Rows now in ``raw.<dataset>``.
         rows_rejected: Rows put in ``elt.rejects`` with their reason.
         replaced: Load id of the previous version of the key this one replaced.
+        reasons: Why rows were quarantined: ``(column or None, error type,
+            rows)``, most rows first.
     """
 
     load_id: str
@@ -120,6 +132,19 @@ class LoadResult:
     seconds: float
     error: str | None = None
     replaced: str | None = None
+    reasons: tuple[tuple[str | None, str, int], ...] = ()
+
+    def quarantine_line(self) -> str | None:
+        """One line saying how many rows were quarantined and why, or ``None`` if none were."""
+        if not self.rows_rejected:
+            return None
+        why = ", ".join(
+            f"{count} {error_type}" + (f" in {column}" if column else "")
+            for column, error_type, count in self.reasons
+        )
+        return f"quarantined {self.rows_rejected} of {self.rows_in} row(s) of {self.key}" + (
+            f": {why}" if why else ""
+        )
 
 
 @dataclass
@@ -139,6 +164,7 @@ class _Attempt:
     error: str | None = None
     download_seconds: float = 0.0
     replaced: str | None = None
+    reasons: tuple[tuple[str | None, str, int], ...] = ()
     # Line of the file holding row 1: 2 under a CSV header, 1 in JSON lines.
     first_line: int = 2
 
@@ -157,6 +183,7 @@ class _Attempt:
             seconds=time.monotonic() - self.clock,
             error=self.error,
             replaced=self.replaced,
+            reasons=self.reasons,
         )
 
 
@@ -188,9 +215,16 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection, datasets: Iterable[Dataset]) 
             error_type varchar not null,
             message varchar not null,
             raw_line varchar,
-            rejected_at timestamptz not null
+            rejected_at timestamptz not null,
+            value varchar
         )
         """
+    )
+    # Rejects from before the contract named the offending value.
+    conn.execute(f"alter table {REJECTS} add column if not exists value varchar")
+    conn.execute(
+        f"create table if not exists {STATE} "
+        "(name varchar primary key, value varchar, updated_at timestamptz not null)"
     )
     for dataset in datasets:
         declared = [f"{quote_identifier(c)} varchar" for c in dataset.columns]
@@ -414,12 +448,12 @@ def _land_csv(
     # one row per rejected record (a record can break several rules).
     conn.execute(
         f"""
-        insert into {REJECTS}
+        insert into {REJECTS} ({REJECT_COLUMNS})
         select
             ?, ?, ?, line, arg_min(column_name, column_idx),
             string_agg(distinct error_type, ', '),
             arg_min(error_message, column_idx),
-            any_value(csv_line), ?
+            any_value(csv_line), ?, null
         from elt_reject_errors
         group by line
         """,
@@ -537,13 +571,13 @@ def _land_jsonl(
     )
     conn.execute(
         f"""
-        insert into {REJECTS}
+        insert into {REJECTS} ({REJECT_COLUMNS})
         select
             ?, ?, ?, line_number, null,
             case when json_valid(line) then 'NOT AN OBJECT' else 'INVALID JSON' end,
             case when json_valid(line) then 'the line is JSON but not an object'
                 else 'the line is not valid JSON' end,
-            line, ?
+            line, ?, null
         from elt_json_lines
         where not {JSON_OBJECT}
         """,
@@ -580,66 +614,33 @@ def _land_parquet(
     return int(footer[0]) if footer else 0
 
 
-def _cast_checks(
-    dataset: Dataset, expression: Callable[[str], str | None] = quote_identifier
-) -> list[tuple[str, str, str]]:
-    """``(test, column literal, message)`` per typed column of ``dataset``.
+def _quarantine_contract_breaches(
+    conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]
+) -> None:
+    """Move landed rows that break the source contract to the quarantine.
 
-    A test is true when the row's value cannot be cast as staging casts it
-    (``trim``, then the contract's ``data_type``); ``expression`` gives the
-    SQL of a column's value (by default its quoted name), or ``None`` for a
-    column the rows do not have (nothing to check).
-    """
-    checks = []
-    for column, data_type in dataset.casts.items():
-        quoted = expression(column)
-        if quoted is None:
-            continue
-        # Staging casts trim(value). trim() strips spaces only, and copies every
-        # string: calling it only on values that start or end with a space gives
-        # the same answer with 40% less work (measured at 32 weeks).
-        cast = (
-            f"case when starts_with({quoted}, ' ') or ends_with({quoted}, ' ') "
-            f"then try_cast(trim({quoted}) as {data_type}) "
-            f"else try_cast({quoted} as {data_type}) end"
-        )
-        test = f"{quoted} is not null and {cast} is null"
-        message = f"{sql_literal(f'column {column}: ')} || {quoted} || ' is not a {data_type}'"
-        checks.append((test, sql_literal(column), message))
-    return checks
-
-
-def _first_cast_error(checks: list[tuple[str, str, str]]) -> tuple[str, str]:
-    """SQL of the first failing column's name, and of its message, from :func:`_cast_checks`."""
-    first_bad = "case " + " ".join(f"when {t} then {c}" for t, c, _ in checks) + " end"
-    first_message = "case " + " ".join(f"when {t} then {m}" for t, _, m in checks) + " end"
-    return first_bad, first_message
-
-
-def _reject_uncastable(conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]) -> None:
-    """Move rows with a value that cannot be cast to its contract type to the quarantine.
-
-    Source YAML columns with a ``data_type`` other than text are checked with
-    ``try_cast``: the value stays text in ``raw``, but a row staging could not
-    cast is refused here, naming its first such column and value, instead of
-    failing dbt. One scan covers every typed column and every load in
+    The contract (:mod:`loaders.contract`, from the source YAML) says which
+    columns must have a value and what each typed value must convert to.
+    A row breaking it stays out of ``raw`` (staging could not compute it) and
+    goes to ``elt.rejects`` naming its first such column, the value and why.
+    One scan of the just-landed rows covers every rule and every load in
     ``attempts`` (one dataset, one file format); each attempt's
     ``rows_loaded`` drops by the rows it had moved.
     """
     dataset, first_line = attempts[0].dataset, attempts[0].first_line
-    if not dataset.casts:
+    found = contract.table_checks(dataset.rules)
+    if not found:
         return
+    first = contract.first_failure(found)
     load_ids = [a.load_id for a in attempts]
     keys = [a.obj.key for a in attempts]
-    checks = _cast_checks(dataset)
-    first_bad, first_message = _first_cast_error(checks)
-    bad = f"_load_id in (select unnest($load_ids)) and ({' or '.join(t for t, _, _ in checks)})"
+    bad = f"_load_id in (select unnest($load_ids)) and ({first['any']})"
     quarantined = conn.execute(
         f"""
-        insert into {REJECTS}
+        insert into {REJECTS} ({REJECT_COLUMNS})
         select
-            _load_id, $dataset, loads.key, _source_row_number + $offset, {first_bad},
-            'CAST ERROR', {first_message}, null, _loaded_at
+            _load_id, $dataset, loads.key, _source_row_number + $offset, {first["column"]},
+            {first["error_type"]}, {first["message"]}, null, _loaded_at, {first["value"]}
         from {_table(dataset)}
         inner join (select unnest($load_ids) as load_id, unnest($keys) as key) as loads
             on _load_id = loads.load_id
@@ -652,13 +653,142 @@ def _reject_uncastable(conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]
     conn.execute(f"delete from {_table(dataset)} where {bad}", {"load_ids": load_ids})
     moved = dict(
         conn.execute(
-            f"select load_id, count(*) from {REJECTS} "
-            "where load_id in (select unnest(?)) and error_type = 'CAST ERROR' group by 1",
+            f"select load_id, count(*) from {REJECTS} where load_id in (select unnest(?)) "
+            f"and error_type in {(contract.CAST_ERROR, contract.MISSING)} group by 1",
             [load_ids],
         ).fetchall()
     )
     for attempt in attempts:
         attempt.rows_loaded -= moved.get(attempt.load_id, 0)
+
+
+def _note_reasons(conn: duckdb.DuckDBPyConnection, attempts: list[_Attempt]) -> None:
+    """Set each attempt's ``reasons``: its quarantined rows counted by column and error type."""
+    found: dict[str, list[tuple[str | None, str, int]]] = {}
+    for load_id, column, error_type, count in conn.execute(
+        f"select load_id, column_name, error_type, count(*) from {REJECTS} "
+        "where load_id in (select unnest(?)) group by all order by 4 desc, 2, 3",
+        [[a.load_id for a in attempts]],
+    ).fetchall():
+        found.setdefault(load_id, []).append((column, error_type, int(count)))
+    for attempt in attempts:
+        attempt.reasons = tuple(found.get(attempt.load_id, ()))
+
+
+def _set_state(conn: duckdb.DuckDBPyConnection, name: str, value: str) -> None:
+    conn.execute(
+        f"insert or replace into {STATE} values (?, ?, ?)", [name, value, datetime.now(UTC)]
+    )
+
+
+def recheck_contracts(conn: duckdb.DuckDBPyConnection, datasets: list[Dataset]) -> dict[str, int]:
+    """Check the landed rows of each dataset whose source contract changed since they landed.
+
+    A warehouse landed under an older contract (or before there was one) may
+    hold rows the current contract refuses, which staging could not convert:
+    they move to ``elt.rejects`` like rows refused at landing, and each load's
+    ledger counts follow. One transaction per dataset; the new fingerprint is
+    stored with it, so an unchanged contract costs one lookup.
+
+    Returns:
+        Rows moved to quarantine, per dataset that had any (the models then
+        need a full refresh: :func:`full_refresh_pending` says so until
+        :func:`full_refresh_done`).
+    """
+    ensure_tables(conn, datasets)
+    moved_by_dataset = {}
+    for dataset in datasets:
+        fingerprint = contract.fingerprint(dataset.rules)
+        stored = conn.execute(
+            f"select value from {STATE} where name = ?", [f"contract:{dataset.name}"]
+        ).fetchone()
+        if stored and stored[0] == fingerprint:
+            continue
+        conn.execute("begin transaction")
+        try:
+            attempts = []
+            for load_id, key, etag, size, loaded, rejected in conn.execute(
+                f"select load_id, key, etag, size_bytes, rows_loaded, coalesce(rows_rejected, 0) "
+                f"from {LEDGER} where dataset = ? and status = 'loaded' and rows_loaded > 0",
+                [dataset.name],
+            ).fetchall():
+                attempt = _Attempt(dataset, ObjectInfo(key, etag, size), load_id=load_id)
+                attempt.rows_loaded, attempt.rows_rejected = loaded, rejected
+                attempt.first_line = 2 if (format_of(key) or "csv") == "csv" else 1
+                attempts.append(attempt)
+            moved = 0
+            for first_line in sorted({a.first_line for a in attempts}):
+                group = [a for a in attempts if a.first_line == first_line]
+                before = {a.load_id: a.rows_loaded for a in group}
+                _quarantine_contract_breaches(conn, group)
+                for attempt in group:
+                    gone = before[attempt.load_id] - attempt.rows_loaded
+                    if gone:
+                        moved += gone
+                        conn.execute(
+                            f"update {LEDGER} set rows_loaded = rows_loaded - ?, "
+                            "rows_rejected = coalesce(rows_rejected, 0) + ? where load_id = ?",
+                            [gone, gone, attempt.load_id],
+                        )
+            _set_state(conn, f"contract:{dataset.name}", fingerprint)
+            if moved:
+                _set_state(conn, "rows_removed_at", datetime.now(UTC).isoformat())
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+        if moved:
+            log.warning(
+                "the contract of %s changed: %d landed row(s) it refuses moved to %s",
+                dataset.name,
+                moved,
+                REJECTS,
+            )
+            moved_by_dataset[dataset.name] = moved
+    return moved_by_dataset
+
+
+def full_refresh_pending(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """Why the incremental models must be rebuilt from all history, or ``None``.
+
+    Incremental models only see rows added since their last build. Rows taken
+    away (a key's new version superseding the old rows, or a changed contract
+    quarantining landed rows) are only reflected by a full refresh; this holds
+    until one succeeds, also across a crash between landing and the build.
+    """
+    if not warehouse_has_state(conn):
+        return None
+    row = conn.execute(
+        f"""
+        select
+            (select max(newer.started_at)
+                from {LEDGER} as older
+                inner join {LEDGER} as newer on older.superseded_by = newer.load_id
+                where older.status = 'superseded'),
+            (select cast(value as timestamptz) from {STATE} where name = 'rows_removed_at'),
+            (select cast(value as timestamptz) from {STATE} where name = 'full_refresh_at')
+        """
+    ).fetchone()
+    superseded_at, removed_at, refreshed_at = row if row else (None, None, None)
+    if superseded_at and (refreshed_at is None or superseded_at > refreshed_at):
+        return "a key got a new version"
+    if removed_at and (refreshed_at is None or removed_at > refreshed_at):
+        return "a changed contract quarantined landed rows"
+    return None
+
+
+def full_refresh_done(conn: duckdb.DuckDBPyConnection, started_at: datetime) -> None:
+    """Record that the models were rebuilt in full from what was landed before ``started_at``."""
+    if warehouse_has_state(conn):
+        _set_state(conn, "full_refresh_at", started_at.isoformat())
+
+
+def warehouse_has_state(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the loader's tables exist (a warehouse that never landed has none)."""
+    row = conn.execute(
+        "select count(*) from duckdb_tables() where schema_name = 'elt' and table_name = 'state'"
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _replace_previous(conn: duckdb.DuckDBPyConnection, attempt: _Attempt, bucket: str) -> None:
@@ -843,8 +973,9 @@ def _land(
             f"{attempt.obj.key}: reconciliation failed: {attempt.rows_in} row(s) in the file, "
             f"{seen} loaded or rejected"
         )
-    _reject_uncastable(conn, [attempt])
+    _quarantine_contract_breaches(conn, [attempt])
     attempt.rows_rejected = _reject_counts(conn, attempt.load_id)[0]
+    _note_reasons(conn, [attempt])
     attempt.status = "loaded"
 
 
@@ -950,12 +1081,13 @@ def _land_batch(
     the files in order, so each row's record number is its ordinal minus the
     rows of the files before it. Every object still gets its own load id,
     lineage, reconciliation and ledger row, and the batch commits as a whole.
+    Rows breaking the source contract are quarantined within the batch.
     Run one batch per worker, each on its own cursor, to use every core.
 
     Raises:
-        _NotBatchable: a row was rejected, a value does not cast, or the
-            counts do not reconcile; the transaction was rolled back and the
-            objects take the one-object path (which quarantines what it must).
+        _NotBatchable: a row did not parse, or the counts do not reconcile;
+            the transaction was rolled back and the objects take the
+            one-object path (which quarantines what it must).
     """
     dataset = group[0].attempt.dataset
     compression = group[0].meter.compression
@@ -983,19 +1115,11 @@ def _land_batch(
         lineage = ", ".join(name for name, _ in LINEAGE_COLUMNS)
         target = ", ".join(quote_identifier(n) for n in names)
         source = ", ".join(f"scan.c{i}" for i in range(len(names)))
-        # A row with a value that does not cast is held back, and quarantined
-        # from a second read of its object alone: in the usual case (nothing
-        # held back) there is no second scan at all.
-        positions = {name: f"scan.c{i}" for i, name in enumerate(names)}
-        castable = " and ".join(
-            f"not ({test})" for test, _, _ in _cast_checks(dataset, positions.get)
-        )
         conn.execute(
             f"insert into {_table(dataset)} ({target}, {lineage}) "
             f"select {source}, scan.elt_record - files.rows_before, files.load_id, files.loaded_at "
             f"from {scan} as scan "
             f"inner join elt_batch_files as files on scan.file_index = files.file_index"
-            + (f" where {castable}" if castable else "")
         )
         rejected = conn.execute("select count(*) from elt_reject_errors").fetchone()
         if rejected and rejected[0]:
@@ -1011,17 +1135,18 @@ def _land_batch(
         for staged in group:
             attempt = staged.attempt
             n, first, last = counts.get(attempt.load_id, (0, 1, 0))
-            held = attempt.rows_in - n
-            if held > 0 and castable:
-                held -= _quarantine_held_back(conn, staged, names)
-            # Distinct record numbers within 1..rows_in, with the quarantined
-            # ones, account for every line exactly once.
-            if held != 0 or first < 1 or last > attempt.rows_in:
+            # Distinct record numbers within 1..rows_in account for every line exactly once.
+            if n != attempt.rows_in or first < 1 or last > attempt.rows_in:
                 raise _NotBatchable(f"{attempt.obj.key}: {n} rows for {attempt.rows_in} lines")
             attempt.rows_loaded = n
-            attempt.rows_rejected = attempt.rows_in - n
-        for staged in group:
-            attempt = staged.attempt
+        # Values the contract refuses: one scan of the landed rows, where
+        # DuckDB's compressed storage runs each check once per distinct
+        # value of a low-cardinality column (dates, times).
+        attempts = [s.attempt for s in group]
+        _quarantine_contract_breaches(conn, attempts)
+        _note_reasons(conn, attempts)
+        for attempt in attempts:
+            attempt.rows_rejected = attempt.rows_in - attempt.rows_loaded
             attempt.status = "loaded"
             _record(conn, attempt, bucket)
         conn.execute("drop table elt_batch_files")
@@ -1033,6 +1158,7 @@ def _land_batch(
         for staged in group:
             staged.attempt.replaced = None
             staged.attempt.rows_loaded = staged.attempt.rows_rejected = 0
+            staged.attempt.reasons = ()
             staged.attempt.status = "failed"
         raise _NotBatchable(str(exc)) from exc
     results = [s.attempt.result() for s in group]
@@ -1044,43 +1170,9 @@ def _land_batch(
             result.rows_rejected,
             len(group),
         )
+        if quarantined := result.quarantine_line():
+            log.warning("%s", quarantined)
     return results
-
-
-def _quarantine_held_back(
-    conn: duckdb.DuckDBPyConnection, staged: _Staged, names: list[str]
-) -> int:
-    """Quarantine the records of ``staged`` a batch held back for a value that does not cast.
-
-    Reads the object's staged file again (alone, already known to parse), in
-    the batch's transaction.
-
-    Returns:
-        Records quarantined.
-    """
-    attempt = staged.attempt
-    positions = {name: f"c{i}" for i, name in enumerate(names)}
-    checks = _cast_checks(attempt.dataset, positions.get)
-    first_bad, first_message = _first_cast_error(checks)
-    scan = _numbered(
-        _scan_csv([staged.path], names, attempt.dataset, staged.meter.compression, False)
-    )
-    moved = conn.execute(
-        f"""
-        insert into {REJECTS}
-        select ?, ?, ?, elt_record + ?, {first_bad}, 'CAST ERROR', {first_message}, null, ?
-        from {scan}
-        where {" or ".join(test for test, _, _ in checks)}
-        """,
-        [
-            attempt.load_id,
-            attempt.dataset.name,
-            attempt.obj.key,
-            attempt.first_line - 1,
-            attempt.started_at,
-        ],
-    ).fetchone()
-    return int(moved[0]) if moved else 0
 
 
 def _add_columns_alone(
@@ -1138,6 +1230,8 @@ def _finish(conn: duckdb.DuckDBPyConnection, staged: _Staged, bucket: str, run: 
             result.rows_rejected,
             result.seconds,
         )
+        if quarantined := result.quarantine_line():
+            log.warning("%s", quarantined)
     return result
 
 
@@ -1172,6 +1266,7 @@ def _land_version(
         key = attempt.obj.key
         attempt.error = str(exc) if isinstance(exc, LoadError) else _duckdb_error(key, exc)
         attempt.status, attempt.rows_loaded, attempt.rows_rejected = "failed", 0, 0
+        attempt.reasons = ()
         attempt.replaced = None
         conn.execute("begin transaction")
         _record(conn, attempt, bucket)
@@ -1382,7 +1477,7 @@ def export_rejects(conn: duckdb.DuckDBPyConnection, bucket: str, dataset: Datase
     key = f"marts/_rejects/{dataset.name}.csv"
     text = ", ".join(
         CSV_SAFE.format(c=f"rejects.{c}") + f" as {c}"
-        for c in ("key", "column_name", "error_type", "message", "raw_line")
+        for c in ("key", "column_name", "value", "error_type", "message", "raw_line")
     )
     statement = f"""
         copy (

@@ -24,7 +24,15 @@ from loaders import faults, logs, publish, receipts, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings
 from loaders.errors import EltError, StepError, StorageError
-from loaders.land import LoadResult, export_rejects, land_all, new_load_id
+from loaders.land import (
+    LoadResult,
+    export_rejects,
+    full_refresh_done,
+    full_refresh_pending,
+    land_all,
+    new_load_id,
+    recheck_contracts,
+)
 from loaders.lock import exclusive
 from loaders.s3 import MARTS_PREFIX, ObjectInfo
 
@@ -71,8 +79,9 @@ OnObject = Callable[[ObjectInfo], Callable[[int], None] | None]
 def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) -> list[LoadResult]:
     """Land every new object version under ``raw/<dataset>/`` of each declared dataset.
 
-    Then writes the quarantine of each dataset it touched to
-    ``marts/_rejects/<dataset>.csv``.
+    First checks the landed rows of any dataset whose source contract changed
+    (:func:`loaders.land.recheck_contracts`). Then writes the quarantine of
+    each dataset it touched to ``marts/_rejects/<dataset>.csv``.
 
     Raises:
         StorageError, BusyError, ConfigError: listing/reading S3 failed, the
@@ -83,12 +92,14 @@ def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
     with warehouse.connect(
         settings.warehouse_path, connection, config=settings.duckdb_config()
     ) as conn:
+        # Rows landed under an older contract: checked again before anything new lands.
+        rechecked = recheck_contracts(conn, list(registry.values()))
         results = land_all(
             conn, s3, settings.lake.bucket, registry, settings.home / "tmp", on_object
         )
         # Rewritten for each dataset this run touched: a run needs no right to
         # read marts/ to know whether the file is there already.
-        for name in sorted({r.dataset for r in results}):
+        for name in sorted({r.dataset for r in results} | set(rechecked)):
             export_rejects(conn, settings.lake.bucket, registry[name])
     return results
 
@@ -263,6 +274,19 @@ def exported_marts(settings: Settings, models: list[str]) -> list[ObjectInfo]:
     return exports
 
 
+def _refresh_reason(settings: Settings) -> str | None:
+    """Why this run must rebuild the incremental models in full, if it must."""
+    if not settings.warehouse_path.exists():
+        return None
+    with warehouse.connect(settings.warehouse_path, None, config=settings.duckdb_config()) as conn:
+        return full_refresh_pending(conn)
+
+
+def _refreshed_in_full(settings: Settings, started_at: datetime) -> None:
+    with warehouse.connect(settings.warehouse_path, None, config=settings.duckdb_config()) as conn:
+        full_refresh_done(conn, started_at)
+
+
 def _row_counts(settings: Settings, relations: dict[str, str]) -> dict[str, int]:
     """Rows of each exported mart (what its CSV holds below the header)."""
     counts = {}
@@ -285,6 +309,16 @@ def _receipt_of(report: RunReport, receipt: receipts.Receipt, row_counts: dict[s
             "rows_rejected": r.rows_rejected,
             "seconds": round(r.seconds, 3),
             **({"error": r.error} if r.error else {}),
+            **(
+                {
+                    "quarantined": [
+                        {"column": column, "error_type": error_type, "rows": count}
+                        for column, error_type, count in r.reasons
+                    ]
+                }
+                if r.reasons
+                else {}
+            ),
         }
         for r in report.loads
     ]
@@ -388,17 +422,35 @@ def run(
                 raise StepError("load", str(exc)) from exc
             receipt.timings["load"] = round(time.monotonic() - step, 3)
             faults.point("loaded")
-            replaced = any(r.replaced for r in report.loads)
-            if replaced:
-                log.info("a key got a new version: rebuilding incremental models in full")
-            select = selectors(settings, report.loads) if downstream_only else None
+            # Rows taken away since the last full build (a key's new version,
+            # a changed contract): kept in the warehouse until a full build
+            # succeeds, so a crash before it cannot lose the need.
+            refresh_reason = None if full_refresh else _refresh_reason(settings)
+            if refresh_reason:
+                log.info("%s: rebuilding incremental models in full", refresh_reason)
+            full = full_refresh or refresh_reason is not None
+            select = selectors(settings, report.loads) if downstream_only and not full else None
             receipt.selected = select or []
             if select is None or select:
                 report.built = True
                 publish.start(settings.home)
                 step = time.monotonic()
+                build_started_at = datetime.now(UTC)
                 try:
-                    built = build(settings, full_refresh or replaced, select, report.dbt_nodes)
+                    built = build(settings, full, select, report.dbt_nodes)
+                    if full:
+                        _refreshed_in_full(settings, build_started_at)
+                except StepError as exc:
+                    # A failing model holds back only what depends on it: the
+                    # marts whose models and tests passed were published.
+                    published = publish.published(settings.home)
+                    report.exports = [published[key] for key in sorted(published)]
+                    if not report.exports:
+                        raise
+                    keys = ", ".join(o.key for o in report.exports)
+                    raise StepError(
+                        exc.step, *exc.reasons, notes=(f"published despite the failure: {keys}",)
+                    ) from exc
                 finally:
                     receipt.timings["build"] = round(time.monotonic() - step, 3)
                     receipt.timings["export"] = round(publish.put_seconds, 3)

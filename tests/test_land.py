@@ -244,7 +244,9 @@ def test_rejects_are_exported_next_to_the_marts(fresh: Elt) -> None:
     fresh.put("raw/turnstile/r.csv", body)
     load(fresh)
     exported = fresh.get("marts/_rejects/turnstile.csv").decode().splitlines()
-    assert exported[0] == "load_id,key,column_name,error_type,message,raw_line,line,rejected_at"
+    assert (
+        exported[0] == "load_id,key,column_name,value,error_type,message,raw_line,line,rejected_at"
+    )
     assert len(exported) == 2
     assert (
         ",MISSING COLUMNS,Expected Number of Columns: 12 Found: 2,\"'=cmd|' /C calc'!A0,x\",4,"
@@ -384,7 +386,16 @@ def test_registry_reads_declared_columns_from_the_source_yaml() -> None:
         "entries",
         "exits",
     )
-    assert turnstile.casts == {"entries": "bigint", "exits": "bigint"}
+    # What staging converts, and what a row must have: the source contract
+    assert [(r.column, r.data_type, r.format, r.not_null, r.names) for r in turnstile.rules] == [
+        ("ca", None, None, True, ("ca", "c_a")),
+        ("unit", None, None, True, ("unit",)),
+        ("scp", None, None, True, ("scp",)),
+        ("date", "date", "%m/%d/%Y", True, ("date",)),
+        ("time", "time", "%H:%M:%S", True, ("time",)),
+        ("entries", "bigint", None, True, ("entries",)),
+        ("exits", "bigint", None, True, ("exits",)),
+    ]
     assert turnstile.missing_columns({"c_a", "unit"}) == [
         "scp",
         "station",

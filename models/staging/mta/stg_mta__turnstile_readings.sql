@@ -27,13 +27,17 @@ renamed as (
         trim(source.station) as station,
         trim(source.linename) as line_names,
         trim(source.division) as division,
-        -- DATE is always US MM/DD/YYYY: never let a sniffer guess day-first.
-        strptime(
-            trim(source.date) || ' ' || trim(source.time), '%m/%d/%Y %H:%M:%S'
-        ) as reading_at,
+        -- Casts from the source contract (_mta__sources.yml): DATE is US
+        -- MM/DD/YYYY, never a sniffer's guess. The loader quarantined every
+        -- row these would fail on; a valid date plus a valid time is always
+        -- a valid timestamp.
+        {{ cast_source_column('mta', 'turnstile', 'date', 'source.date') }}
+        + {{ cast_source_column('mta', 'turnstile', 'time', 'source.time') }} as reading_at,
         upper(trim(source.desc)) as audit_type,
-        cast(trim(source.entries) as bigint) as cumulative_entries,
-        cast(trim(source.exits) as bigint) as cumulative_exits,
+        {{ cast_source_column('mta', 'turnstile', 'entries', 'source.entries') }}
+            as cumulative_entries,
+        {{ cast_source_column('mta', 'turnstile', 'exits', 'source.exits') }}
+            as cumulative_exits,
         loads.key as _source_key,
         source._source_row_number,
         source._load_id,

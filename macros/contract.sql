@@ -1,0 +1,64 @@
+{#
+    Staging's casts, rendered from the source contract: the `data_type` of a
+    source column in its YAML and, for dates, times and timestamps, its
+    `config.meta.format` (a strptime format). The loader derives its row checks
+    from the same lines (loaders/contract.py) and quarantines every row whose
+    value would not convert, so these casts cannot fail on a landed row.
+
+        {{ cast_source_column('mta', 'turnstile', 'date', 'source.date') }}
+        -- cast(strptime(trim(source.date), '%m/%d/%Y') as date)
+#}
+{% macro cast_source_column(source_name, table_name, column_name, expression) %}
+    {%- if not execute -%}
+        {#- Parsing only collects refs and sources: no graph to read yet. -#}
+        {{- return('null') -}}
+    {%- endif -%}
+    {%- set column = source_column_contract(source_name, table_name, column_name) -%}
+    {{- return(adapter.dispatch('cast_source_column')(column, expression)) -}}
+{% endmacro %}
+
+
+{% macro default__cast_source_column(column, expression) %}
+    {%- set data_type = (column.data_type or 'varchar') | lower -%}
+    {%- set format = column.format -%}
+    {%- if data_type in ['varchar', 'text', 'string'] -%}
+        trim({{ expression }})
+    {%- elif format and data_type == 'timestamp' -%}
+        strptime(trim({{ expression }}), '{{ format }}')
+    {%- elif format -%}
+        cast(strptime(trim({{ expression }}), '{{ format }}') as {{ data_type }})
+    {%- else -%}
+        cast(trim({{ expression }}) as {{ data_type }})
+    {%- endif -%}
+{% endmacro %}
+
+
+{#-
+    A source column's declared data_type and format: from the manifest, or,
+    in a unit test (whose graph holds no sources), from the same YAML read by
+    the loader (elt_source_contract(), registered by loaders.dbt_plugin).
+-#}
+{% macro source_column_contract(source_name, table_name, column_name) %}
+    {%- if graph.get('sources') is none -%}
+        {%- set found = run_query(
+            "select elt_source_contract('" ~ source_name ~ "', '" ~ table_name
+            ~ "', '" ~ column_name ~ "')"
+        ) -%}
+        {{- return(fromjson(found.columns[0].values()[0])) -}}
+    {%- endif -%}
+    {%- set found = graph.sources.values()
+        | selectattr('source_name', 'equalto', source_name)
+        | selectattr('name', 'equalto', table_name)
+        | list -%}
+    {%- if not found -%}
+        {{ exceptions.raise_compiler_error("no source " ~ source_name ~ "." ~ table_name) }}
+    {%- endif -%}
+    {%- set column = found[0].columns.get(column_name) -%}
+    {%- if column is none -%}
+        {{ exceptions.raise_compiler_error(
+            "source " ~ source_name ~ "." ~ table_name ~ " declares no column " ~ column_name
+        ) }}
+    {%- endif -%}
+    {%- set meta = column.get('config', {}).get('meta') or column.get('meta') or {} -%}
+    {{- return({'data_type': column.get('data_type'), 'format': meta.get('format')}) -}}
+{% endmacro %}
