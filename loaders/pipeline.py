@@ -76,12 +76,33 @@ class RunReport:
 OnObject = Callable[[ObjectInfo], Callable[[int], None] | None]
 
 
+@dataclass(frozen=True)
+class Landing:
+    """What the load step did.
+
+    Attributes:
+        results: One result per object version attempted, in key order.
+        full_refresh_reason: Why the models must be rebuilt in full (rows
+            were taken away since the last full build), or ``None``.
+    """
+
+    results: list[LoadResult]
+    full_refresh_reason: str | None = None
+
+
 def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) -> list[LoadResult]:
+    """Land every new object version; the results of :func:`land`."""
+    return land(settings, s3, on_object).results
+
+
+def land(settings: Settings, s3: S3Client, on_object: OnObject | None = None) -> Landing:
     """Land every new object version under ``raw/<dataset>/`` of each declared dataset.
 
     First checks the landed rows of any dataset whose source contract changed
     (:func:`loaders.land.recheck_contracts`). Then writes the quarantine of
-    each dataset it touched to ``marts/_rejects/<dataset>.csv``.
+    each dataset it touched to ``marts/_rejects/<dataset>.csv``, and reads
+    whether the models need a full refresh (in the same connection: a run
+    opens the warehouse once before dbt).
 
     Raises:
         StorageError, BusyError, ConfigError: listing/reading S3 failed, the
@@ -101,7 +122,7 @@ def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
         # read marts/ to know whether the file is there already.
         for name in sorted({r.dataset for r in results} | set(rechecked)):
             export_rejects(conn, settings.lake.bucket, registry[name])
-    return results
+        return Landing(results, full_refresh_pending(conn))
 
 
 @contextmanager
@@ -274,14 +295,6 @@ def exported_marts(settings: Settings, models: list[str]) -> list[ObjectInfo]:
     return exports
 
 
-def _refresh_reason(settings: Settings) -> str | None:
-    """Why this run must rebuild the incremental models in full, if it must."""
-    if not settings.warehouse_path.exists():
-        return None
-    with warehouse.connect(settings.warehouse_path, None, config=settings.duckdb_config()) as conn:
-        return full_refresh_pending(conn)
-
-
 def _refreshed_in_full(settings: Settings, started_at: datetime) -> None:
     with warehouse.connect(settings.warehouse_path, None, config=settings.duckdb_config()) as conn:
         full_refresh_done(conn, started_at)
@@ -417,7 +430,8 @@ def run(
             s3 = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
             step = time.monotonic()
             try:
-                report.loads = load(settings, s3, on_object)
+                landing = land(settings, s3, on_object)
+                report.loads = landing.results
             except EltError as exc:
                 raise StepError("load", str(exc)) from exc
             receipt.timings["load"] = round(time.monotonic() - step, 3)
@@ -425,7 +439,7 @@ def run(
             # Rows taken away since the last full build (a key's new version,
             # a changed contract): kept in the warehouse until a full build
             # succeeds, so a crash before it cannot lose the need.
-            refresh_reason = None if full_refresh else _refresh_reason(settings)
+            refresh_reason = None if full_refresh else landing.full_refresh_reason
             if refresh_reason:
                 log.info("%s: rebuilding incremental models in full", refresh_reason)
             full = full_refresh or refresh_reason is not None

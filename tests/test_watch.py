@@ -272,6 +272,12 @@ def test_a_manual_run_during_a_watch_run_waits_or_says_busy(
         watcher.wait_for(lambda: watcher.state().get("state") == "idle", 60, "the first poll")
         home.put("raw/counts/during_watch.csv", b"name,n\nw,7\n")
         watcher.wait_for(lambda: watcher.state().get("state") == "running", 60, "the watch run")
+        # (the watcher says running as it starts its child: wait until the child holds the lock)
+        watcher.wait_for(
+            lambda: "warehouse busy: a run (pid " in home.run("status").stdout,
+            60,
+            "the watch run to hold the run lock",
+        )
         # WHEN a manual run starts while the watcher's run holds the state directory
         busy = home.run("run", "--wait", "0", check=False, ELT_PROJECT_DIR=str(project))
         waited = home.run("run", "--wait", "120", ELT_PROJECT_DIR=str(project))
