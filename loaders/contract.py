@@ -193,8 +193,8 @@ def format_pattern(fmt: str, where: str = "format") -> str:
     return "".join(parts)
 
 
-def _valid(rule: Rule, value: str) -> str:
-    """SQL, true when the (non-null) ``value`` converts as staging converts it."""
+def _invalid(rule: Rule, value: str) -> str:
+    """SQL, true when the (non-null) ``value`` does not convert as staging converts it."""
     data_type = rule.data_type
     assert data_type is not None
 
@@ -204,13 +204,21 @@ def _valid(rule: Rule, value: str) -> str:
 
     if rule.format:
         parsed = f"try_strptime({value}, {sql_literal(rule.format)})"
-        return f"({shaped(format_pattern(rule.format))} and {parsed} is not null)"
+        return f"not ({shaped(format_pattern(rule.format))} and {parsed} is not null)"
     if data_type in BOOLEAN_TYPES:
-        return f"({shaped('(?i:true|false)')} and try_cast(trim({value}) as boolean) is not null)"
-    text = _INTEGER if data_type in INTEGER_TYPES else _FLOAT_TEXT
-    if _DECIMAL.fullmatch(data_type):
-        text = _DECIMAL_TEXT
-    return f"({shaped(text)} and try_cast({value} as {data_type}) is not null)"
+        return (
+            f"not ({shaped('(?i:true|false)')} and try_cast(trim({value}) as boolean) is not null)"
+        )
+    cast = f"try_cast({value} as {data_type})"
+    if data_type in INTEGER_TYPES:
+        # Most values are written as DuckDB writes them back (no sign, padding
+        # or leading zero): that cheap test implies the pattern, which then
+        # runs only for the other values (a regular expression costs more than
+        # a cast). "is not true": a value that does not cast compares as null.
+        canonical = f"cast({cast} as varchar) = {value}"
+        return f"({canonical}) is not true and not ({shaped(_INTEGER)} and {cast} is not null)"
+    text = _DECIMAL_TEXT if _DECIMAL.fullmatch(data_type) else _FLOAT_TEXT
+    return f"not ({shaped(text)} and {cast} is not null)"
 
 
 def checks(rules: tuple[Rule, ...], expression: Callable[[str], str | None]) -> list[Check]:
@@ -258,7 +266,7 @@ def checks(rules: tuple[Rule, ...], expression: Callable[[str], str | None]) -> 
             )
             found.append(
                 Check(
-                    test=f"({value} is not null and not {_valid(rule, value)})",
+                    test=f"({value} is not null and {_invalid(rule, value)})",
                     column=label,
                     error_type=CAST_ERROR,
                     message=message,

@@ -168,6 +168,12 @@ def dbt(settings: Settings, args: list[str]) -> Any:
         "debug",
         "--log-path",
         str(settings.home / "logs"),
+        # Artifacts and the saved parse per state directory: a run reparses only
+        # what changed since the last run of this ELT_HOME (dbt's partial
+        # parsing), which a target/ shared by several ELT_HOMEs would defeat
+        # (the profile's path differs, so each would parse everything again).
+        "--target-path",
+        str(settings.home / "target"),
         "--no-use-colors",
     ]
     with _environment(settings.dbt_env()):

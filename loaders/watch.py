@@ -162,7 +162,7 @@ def settled_versions(settings: Settings) -> set[tuple[str, str]]:
 def _parse_project(settings: Settings) -> None:
     """Parse the dbt project once, before the first poll.
 
-    dbt saves the parse (``target/partial_parse.msgpack``), so the first run an
+    dbt saves the parse (``$ELT_HOME/target/partial_parse.msgpack``), so the first run an
     upload triggers reparses only what changed instead of the whole project:
     a few seconds off the upload-to-CSV latency. A failure only costs that.
     """

@@ -156,11 +156,7 @@ def staging_sql(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The staging model's SQL as dbt compiles it (its casts rendered from the contract)."""
     home = tmp_path_factory.mktemp("compile_home")
     settings_ = load_settings("dev", env={"ELT_HOME": str(home), "ELT_PROJECT_DIR": str(PROJECT)})
-    target = home / "target"
-    result = pipeline.dbt(
-        settings_,
-        ["compile", "--select", "stg_mta__turnstile_readings", "--target-path", str(target)],
-    )
+    result = pipeline.dbt(settings_, ["compile", "--select", "stg_mta__turnstile_readings"])
     assert result.success, pipeline.failure_line(result)
     (node,) = [r.node for r in result.result.results if r.node.resource_type == "model"]
     return str(node.compiled_code)

@@ -79,7 +79,8 @@ def test_no_secret_in_logs_receipts_or_dbt_artifacts_even_in_debug(elt: Elt) -> 
         "elt.runs": "".join(r[0] for r in elt.query("select receipt from elt.runs")),
         "ledger": repr(elt.query("select * from elt.ledger")),
     }
-    for path in [*(PROJECT / "target").rglob("*"), *(PROJECT / "logs").rglob("*")]:
+    artifacts = [PROJECT / "target", PROJECT / "logs", elt.home / "target"]
+    for path in [p for folder in artifacts for p in folder.rglob("*")]:
         if path.is_file():
             places[str(path)] = path.read_bytes().decode(errors="replace")
     for path in Path(elt.home).rglob("*"):
