@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install browser demo test lint docs serve bench down clean
+.PHONY: install browser demo test test-fast lint docs serve bench down clean
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -43,8 +43,15 @@ demo: install
 		echo "first rows, fetched over plain HTTP:" && \
 		head -n 8 "$${ELT_HOME:-.elt}/turnstile_daily.csv"
 
+# A pytest worker per core (pytest-xdist); each test module runs whole on one
+# worker, with its own local S3 server, ELT_HOME and ports.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: install browser lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
+
+# The inner loop: unit tests only (no S3 server, no dbt), in seconds.
+test-fast: install
+	$(BIN)/pytest -m unit
 
 lint: install
 	$(BIN)/ruff check loaders tests bench

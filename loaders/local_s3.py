@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
-STOP_GRACE_S = 5.0
+# SeaweedFS 4.48 logs "Gracefully stopping gRPC server" on SIGINT and then waits
+# on its own open streams: it was never seen to exit by itself after that, so a
+# longer grace only delays the kill (its volumes are append-only and recover).
+STOP_GRACE_S = 2.0
+START_ATTEMPTS = 3
 # Ports a `weed server` listens on; each gets a free port of its own.
 PORT_NAMES = (
     "s3",
@@ -271,10 +275,28 @@ def start(home: Path, bucket: str = "lake") -> ServerState:
     if running:  # alive but not answering: a stale or hung server
         stop(home)
     identities = _write_identities(home, bucket)
-    ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True))
     log_dir = home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "seaweedfs.log"
+    # Free ports are picked before the server binds them: another process
+    # (a second server starting at the same moment) may take one in between,
+    # and the server then exits at once. Pick again.
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_once(home, identities, log_path)
+        except _ExitedEarly as exc:
+            if attempt == START_ATTEMPTS:
+                raise ServerError(str(exc)) from exc
+            log.warning("%s; starting again on other ports", exc)
+    raise AssertionError("unreachable")
+
+
+class _ExitedEarly(Exception):
+    """The server process exited before it answered (a port was taken, say)."""
+
+
+def _start_once(home: Path, identities: Path, log_path: Path) -> ServerState:
+    ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True))
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             _command(home, ports, identities),
@@ -289,7 +311,10 @@ def start(home: Path, bucket: str = "lake") -> ServerState:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServerError(f"local S3 server exited with code {proc.returncode}; see {log_path}")
+            (state_dir(home) / "server.json").unlink(missing_ok=True)
+            raise _ExitedEarly(
+                f"local S3 server exited with code {proc.returncode}; see {log_path}"
+            )
         if _answers(state.endpoint_url, timeout=1.0) and _storage_ready(ports["master"]):
             log.info("local S3 server up at %s (pid %d)", state.endpoint_url, proc.pid)
             return state
@@ -303,7 +328,7 @@ def start(home: Path, bucket: str = "lake") -> ServerState:
 def stop(home: Path) -> bool:
     """Stop the server of ``home``; return whether one was running.
 
-    Sends SIGINT (SeaweedFS exits cleanly on it), waits ``STOP_GRACE_S``
+    Sends SIGINT (SeaweedFS starts to stop on it), waits ``STOP_GRACE_S``
     seconds, then SIGKILLs the process group, and waits for its ports to close.
     """
     state = read_state(home)

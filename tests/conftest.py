@@ -53,10 +53,30 @@ class Elt:
             timeout=600,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(
-                f"elt {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-            )
+            raise AssertionError(self.failure_report(args, proc))
         return proc
+
+    def failure_report(self, args: tuple[str, ...], proc: subprocess.CompletedProcess[str]) -> str:
+        """What a developer needs to act on a failed command: the command, its exit
+        code, its stderr, the end of dbt's log and the last run's receipt."""
+        parts = [
+            f"ELT_HOME={self.home} elt {' '.join(args)} exited {proc.returncode}",
+            "--- stderr (last 3000 characters):",
+            proc.stderr[-3000:],
+        ]
+        dbt_log = self.home / "logs" / "dbt.log"
+        if dbt_log.exists():
+            tail = dbt_log.read_text(errors="replace").splitlines()[-25:]
+            parts += [f"--- {dbt_log} (last 25 lines):", *tail]
+        try:
+            receipt = self.query(
+                "select receipt from elt.runs order by started_at desc limit 1", wait_s=5
+            )
+        except Exception as exc:  # the report must not hide the failure it reports
+            receipt = [(f"(no receipt: {exc})",)]
+        if receipt:
+            parts += ["--- last receipt:", str(receipt[0][0])[-3000:]]
+        return "\n".join(parts)
 
     @property
     def settings(self) -> Settings:
@@ -66,9 +86,11 @@ class Elt:
         settings = self.settings
         return s3_mod.client(s3_mod.connection(settings.lake, settings.home))
 
-    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, params: list[Any] | None = None, wait_s: float = 120
+    ) -> list[tuple[Any, ...]]:
         """Read the warehouse, waiting for a run to end (as ``elt status`` does, under the run lock)."""
-        with warehouse.read_only(self.settings.warehouse_path, self.home, wait_s=120) as conn:
+        with warehouse.read_only(self.settings.warehouse_path, self.home, wait_s=wait_s) as conn:
             return conn.execute(sql, params or []).fetchall()
 
     def reset(self) -> None:

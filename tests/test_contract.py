@@ -59,6 +59,7 @@ HOSTILE = {
 TYPED = ("date", "time", "entries", "exits")
 
 
+@pytest.mark.unit
 def test_the_turnstile_contract_types_every_value_staging_converts() -> None:
     # GIVEN the source YAML WHEN read THEN the four converted columns carry their rules
     rules = {r.column: r for r in TURNSTILE.rules}
@@ -68,6 +69,7 @@ def test_the_turnstile_contract_types_every_value_staging_converts() -> None:
     assert all(rules[c].not_null for c in ("ca", "unit", "scp", *TYPED))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("column", "message"),
     [
@@ -91,6 +93,7 @@ def test_a_contract_the_loader_cannot_check_is_refused_naming_the_column(
     assert message in str(raised.value)
 
 
+@pytest.mark.unit
 def test_format_becomes_a_full_width_pattern() -> None:
     assert contract.format_pattern("%m/%d/%Y") == "[0-9]{2}/[0-9]{2}/[0-9]{4}"
     assert contract.format_pattern("%H:%M:%S") == "[0-9]{2}:[0-9]{2}:[0-9]{2}"
@@ -116,6 +119,7 @@ def _flagged(rules: tuple[contract.Rule, ...], rows: list[dict[str, str | None]]
     ).fetchall()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("column", TYPED)
 def test_every_hostile_value_is_refused_and_valid_ones_kept(column: str) -> None:
     # GIVEN one valid row, then one row per hostile value in the column
@@ -137,6 +141,7 @@ def test_every_hostile_value_is_refused_and_valid_ones_kept(column: str) -> None
     assert _flagged(TURNSTILE.rules, rows) == expected
 
 
+@pytest.mark.unit
 def test_either_name_of_the_control_area_satisfies_not_null() -> None:
     rows = [
         {"ca": "A002", "unit": "R", "scp": "1", "date": "01/05/2024", "time": "00:00:00"},
@@ -305,12 +310,14 @@ def test_every_valid_value_is_kept_and_converts_to_itself(
     assert (cumulative_entries, cumulative_exits) == (entries, exits)
 
 
+@pytest.mark.unit
 def test_a_dataset_without_rules_has_no_checks() -> None:
     plain = Dataset(name="plain", source="s", columns=("a",), required=())
     assert contract.table_checks(plain.rules) == []
     assert contract.first_failure([])["any"] == "false"
 
 
+@pytest.mark.unit
 def test_unit_test_contract_lookup_reads_the_same_yaml(tmp_path: Path) -> None:
     registry = discover(PROJECT)
     assert contract.column_contract(registry, "mta", "turnstile", "date") == {

@@ -211,6 +211,22 @@ def dbt(elt: Elt, *args: str, target_path: Path) -> subprocess.CompletedProcess[
     )
 
 
+def test_every_dbt_unit_test_passes(loaded: Elt, tmp_path: Path) -> None:
+    # GIVEN the built warehouse (dbt reads the models' columns for the fixtures)
+    # WHEN dbt runs the unit tests, which `elt run` leaves out of its builds
+    proc = dbt(loaded, "test", "--select", "test_type:unit", target_path=tmp_path)
+    # THEN every rule's unit test passes
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    results = json.loads((tmp_path / "run_results.json").read_text())["results"]
+    assert len(results) >= 11
+    assert {r["status"] for r in results} == {"pass"}
+    # AND a run's own build skips them: they pin the SQL, not the data
+    receipt = json.loads(
+        loaded.query("select receipt from elt.runs order by started_at desc limit 1")[0][0]
+    )
+    assert not [n for n in receipt["dbt_nodes"] if n["unique_id"].startswith("unit_test.")]
+
+
 def test_docs_generate_and_every_model_and_column_is_described(loaded: Elt, tmp_path: Path) -> None:
     proc = dbt(loaded, "docs", "generate", target_path=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:]

@@ -22,6 +22,7 @@ from tests.conftest import BIN, HEADER, PROJECT, SAMPLE_WEEKS, Elt, week_csv
 
 pytestmark = pytest.mark.faults
 TURNSTILES = 8600
+HOLD_S = 4.0  # how long a foreign reader holds the warehouse while dbt opens it
 
 
 def big_week(turnstiles: int) -> bytes:
@@ -149,7 +150,9 @@ def test_readers_between_two_steps_never_fail_a_run(elt: Elt, tmp_path: Path) ->
     while not any(" dbt: Found " in line for line in seen[-1:]):
         seen.append(proc.stderr.readline())
         assert seen[-1], "".join(seen)[-3000:]  # dbt's manifest summary precedes its first open
-    time.sleep(4)
+    # (not a wait: the reader stays open across dbt's first open and its first
+    # retry, 1 s later; the contention is what is tested)
+    time.sleep(HOLD_S)
     reader.close()
     # THEN dbt retries its open (profiles.yml `retries`) and the run succeeds
     _, stderr = proc.communicate(timeout=300)
@@ -174,22 +177,55 @@ print("peak_mb", int(peak_kb) // 1024)
 """
 
 
-def test_a_2_gb_file_under_a_1_gb_memory_limit_loads_without_being_killed(
-    elt: Elt, tmp_path: Path
-) -> None:
-    # GIVEN a ~2 GB CSV (the real weeks, repeated), uploaded
-    elt.reset()
-    big = tmp_path / "big.csv"
-    copies = 50  # 100 weeks of about 20 MB each
+def compose_repeated_csv(elt: Elt, local: Path, copies: int, key: str) -> int:
+    """Put at ``key`` the two real weeks as one plain CSV, its rows repeated ``copies`` times.
+
+    One ~40 MB upload; the server then composes the big object from byte
+    ranges of it (S3 UploadPartCopy: the header once, then the rows again and
+    again), so no 2 GB file is written or sent by the test.
+
+    Returns:
+        The object's size in bytes.
+    """
     with duckdb.connect() as conn:
         conn.execute(
             f"copy (select * from read_csv(?, all_varchar = true, header = true)) "
-            f"to '{big}' (format csv, header true)",
-            [[str(w) for w in SAMPLE_WEEKS] * copies],
+            f"to '{local}' (format csv, header true)",
+            [[str(w) for w in SAMPLE_WEEKS]],
         )
-    assert big.stat().st_size > 2e9
-    elt.s3().upload_file(str(big), "lake", "raw/turnstile/big.csv")
-    big.unlink()
+    header = len(local.open("rb").readline())
+    rows = local.stat().st_size - header
+    client = elt.s3()
+    client.upload_file(str(local), "lake", "tmp/weeks.csv")
+    upload = client.create_multipart_upload(Bucket="lake", Key=key)["UploadId"]
+    parts = []
+    for number in range(1, copies + 1):
+        first = 0 if number == 1 else header  # each part ~40 MB: over S3's 5 MiB floor
+        copied = client.upload_part_copy(
+            Bucket="lake",
+            Key=key,
+            UploadId=upload,
+            PartNumber=number,
+            CopySource={"Bucket": "lake", "Key": "tmp/weeks.csv"},
+            CopySourceRange=f"bytes={first}-{header + rows - 1}",
+        )
+        parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+    client.complete_multipart_upload(
+        Bucket="lake", Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    client.delete_object(Bucket="lake", Key="tmp/weeks.csv")
+    return int(client.head_object(Bucket="lake", Key=key)["ContentLength"])
+
+
+def test_a_2_gb_file_under_a_1_gb_memory_limit_loads_without_being_killed(
+    elt: Elt, tmp_path: Path
+) -> None:
+    # GIVEN a ~2 GB CSV: the real weeks, repeated, composed by the server itself
+    elt.reset()
+    copies = 50  # 100 weeks of about 20 MB each
+    key = "raw/turnstile/big.csv"
+    size = compose_repeated_csv(elt, tmp_path / "weeks.csv", copies, key)
+    assert size > 2e9
     # WHEN the load step runs with DuckDB capped at 1 GB
     proc = subprocess.run(
         [sys.executable, "-c", LOAD_ONLY],

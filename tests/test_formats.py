@@ -12,6 +12,8 @@ import zstandard
 from loaders.errors import LoadError
 from loaders.formats import ContentMeter
 
+pytestmark = pytest.mark.unit
+
 PIECES = (b"a,b\n", b"\n", b"\r\n", b"\r", b'"x"\n', b"zz", b"\r\r\n", b"7,8")
 
 

@@ -338,6 +338,7 @@ def test_keys_outside_the_pattern_are_refused(fresh: Elt, key: str, reason: str 
     assert error == f"{key}: refused: {reason}" or error.startswith(f"{key}: refused: {reason}")
 
 
+@pytest.mark.unit
 def test_key_pattern_from_the_source_yaml_is_enforced() -> None:
     dataset = Dataset("weekly", "src", (), (), key_pattern=r"\d{6}\.csv\.gz")
     assert dataset.refusal("raw/weekly/240106.csv.gz") is None
@@ -368,6 +369,7 @@ def test_undeclared_prefix_is_skipped_with_a_warning(fresh: Elt, caplog) -> None
     )
 
 
+@pytest.mark.unit
 def test_registry_reads_declared_columns_from_the_source_yaml() -> None:
     turnstile = discover(PROJECT)["turnstile"]
     assert turnstile.prefix == "raw/turnstile/"

@@ -30,6 +30,7 @@ def pipeline_client(elt: Elt):
     )
 
 
+@pytest.mark.unit
 def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_put_marts() -> None:
     policy = json.loads((PROJECT / "iam" / "elt-pipeline-policy.json").read_text())
     grants = {
