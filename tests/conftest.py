@@ -162,3 +162,28 @@ def elt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
     instance = started(home)
     yield instance
     local_s3.stop(home)
+
+
+# The longest modules first: a worker each (pytest-xdist, --dist loadscope)
+# starts with them, and the short ones fill in, so no long module runs last alone.
+LONGEST_FIRST = (
+    "test_big_file.py",
+    "test_incremental.py",
+    "test_faults.py",
+    "test_land.py",
+    "test_watch.py",
+    "test_publish.py",
+    "test_crash.py",
+    "test_quarantine.py",
+    "test_end_to_end.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order modules longest first, keeping each module's own order."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)

