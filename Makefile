@@ -47,7 +47,7 @@ demo: install
 # worker, with its own local S3 server, ELT_HOME and ports.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: install browser lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # The inner loop: unit tests only (no S3 server, no dbt), in seconds.
 test-fast: install
