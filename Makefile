@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/elt up
 	$(BIN)/elt upload data/turnstile/*.csv.gz --dataset turnstile
 	$(BIN)/elt run
-	@url=$$($(BIN)/elt url turnstile_daily) && \
+	@url=$$($(BIN)/elt url turnstile_daily | head -n 1) && \
 		echo "presigned URL of marts/turnstile_daily.csv (valid 1 hour):" && echo "$$url" && \
 		curl -fsS -o "$${ELT_HOME:-.elt}/turnstile_daily.csv" "$$url" && \
 		echo "first rows, fetched over plain HTTP:" && \

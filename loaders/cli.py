@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from loaders import land, local_s3, logs, pipeline, receipts, warehouse
+from loaders import land, local_s3, logs, partitions, pipeline, receipts, warehouse
 from loaders import s3 as s3_mod
 from loaders import watch as watch_mod
 from loaders.config import Settings, load_settings
@@ -297,11 +297,20 @@ def url(
     expires: Annotated[int, typer.Option(help="Seconds the link stays valid.", min=1)] = 3600,
     target: TargetOption = None,
 ) -> None:
-    """Print a presigned GET URL for marts/MODEL.csv."""
+    """Print a presigned GET URL for marts/MODEL.csv, then one for its manifest if it has one.
+
+    A partitioned mart's manifest (marts/MODEL/_manifest.json) lists its parts,
+    one CSV per month or year, with their ETags and date ranges.
+    """
     settings = _settings(target)
+    client = _client(settings)
     key = f"{s3_mod.MARTS_PREFIX}{model}.csv"
-    link = s3_mod.presigned_get(_client(settings), settings.lake.bucket, key, expires)
-    out.print(link, markup=False, highlight=False, soft_wrap=True)
+    links = [s3_mod.presigned_get(client, settings.lake.bucket, key, expires)]
+    manifest = partitions.manifest_key(model)
+    if s3_mod.exists(client, settings.lake.bucket, manifest):
+        links.append(s3_mod.presigned_get(client, settings.lake.bucket, manifest, expires))
+    for link in links:
+        out.print(link, markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # `python -m loaders.cli`: how elt watch starts its runs

@@ -116,8 +116,15 @@ class Settings:
 
 
 def duckdb_config(home: Path, memory_limit: str | None) -> dict[str, str]:
-    """DuckDB settings: spill to ``<home>/spill``, and the memory cap if one is set."""
-    config = {"temp_directory": str(home / "spill")}
+    """DuckDB settings: spill to ``<home>/spill``, the memory cap, a thread per core.
+
+    ``memory_limit`` comes from the profile (``ELT_MEMORY_LIMIT``, 2GB by
+    default); ``threads`` from ``ELT_THREADS``, else the machine's cores.
+    """
+    config = {
+        "temp_directory": str(home / "spill"),
+        "threads": str(os.environ.get("ELT_THREADS") or os.cpu_count() or 1),
+    }
     if memory_limit:
         config["memory_limit"] = memory_limit
     return config

@@ -10,7 +10,8 @@ Points: ``download`` (after the first chunk of an object is read), ``insert``
 and ``commit`` (landing), ``loaded`` (landing done, dbt not started: the run
 lock is held and no DuckDB connection is open), ``build`` (in dbt's post-hook of the first
 exported mart: its table is committed, the rest of the build is not done),
-``publish`` (before a mart's PUT).
+``publish`` (before a mart's PUT), ``manifest`` (a partitioned mart's parts and
+whole file are written, its manifest not yet).
 """
 
 from __future__ import annotations

@@ -136,7 +136,14 @@ def _write_identities(home: Path, bucket: str) -> Path:
     path = state_dir(home) / "identities.json"
     actions = {
         "elt": ["Admin", "Read", "Write", "List", "Tagging"],
-        "pipeline": [f"List:{bucket}", f"Read:{bucket}/raw/*", f"Write:{bucket}/marts/*"],
+        # Reads marts/ too: a partitioned publish reads its last manifest, and
+        # composes the whole file from its parts on the server.
+        "pipeline": [
+            f"List:{bucket}",
+            f"Read:{bucket}/raw/*",
+            f"Read:{bucket}/marts/*",
+            f"Write:{bucket}/marts/*",
+        ],
     }
     identities = []
     for name, allowed in actions.items():

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loaders import datasets as datasets_mod
-from loaders import faults, logs, publish, receipts, warehouse
+from loaders import faults, logs, partitions, publish, receipts, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings
 from loaders.errors import EltError, StepError, StorageError
@@ -50,7 +50,9 @@ class RunReport:
         run_id: Id of the run (its receipt is ``marts/_runs/<run_id>.json``).
         loads: One result per object attempted (empty when nothing was new).
         dbt_nodes: ``(unique_id, status, seconds)`` per dbt node built or tested.
-        exports: Exported mart objects (key, ETag, size in bytes).
+        exports: Exported mart objects (key, ETag, size in bytes): CSVs, and
+            a partitioned mart's changed parts, whole file and manifest.
+        export_rows: Rows of the exported objects that recorded them, by key.
         built: Whether dbt ran (a watch run that landed nothing skips it).
     """
 
@@ -59,6 +61,7 @@ class RunReport:
     loads: list[LoadResult] = field(default_factory=list)
     dbt_nodes: list[tuple[str, str, float]] = field(default_factory=list)
     exports: list[ObjectInfo] = field(default_factory=list)
+    export_rows: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def rows_loaded(self) -> int:
@@ -254,6 +257,7 @@ class Built:
 
     nodes: list[tuple[str, str, float]]
     exporting: dict[str, str]  # model name -> relation name (database.schema.table)
+    partitioned: frozenset[str] = frozenset()  # of those, the ones published by partition
 
 
 def build(
@@ -292,36 +296,42 @@ def build(
         nodes.extend(ran)
     if not result.success:
         raise StepError("dbt build", failure_line(result))
-    exporting = {
-        n.node.name: n.node.relation_name
+    models = [
+        n.node
         for n in results
         if n.node.resource_type == "model" and (n.node.config.meta or {}).get("export")
-    }
-    return Built(ran, exporting)
+    ]
+    exporting = {node.name: node.relation_name for node in models}
+    partitioned = frozenset(n.name for n in models if n.config.meta.get("partition_by"))
+    return Built(ran, exporting, partitioned)
 
 
-def exported_marts(settings: Settings, models: list[str]) -> list[ObjectInfo]:
-    """Check that each of ``models`` was published to ``marts/<model>.csv`` by this build.
+def exported_marts(settings: Settings, built: Built) -> list[tuple[ObjectInfo, int | None]]:
+    """Check that each exporting model of ``built`` was published by this build.
 
-    Reads the publish manifest (:func:`loaders.publish.published`), not the
-    bucket: a run needs no permission to list or read ``marts/``.
+    A mart is published at ``marts/<model>.csv``; a partitioned one at least
+    as its manifest, ``marts/<model>/_manifest.json`` (its changed parts and
+    the whole file beside it). Reads the publish record
+    (:func:`loaders.publish.published_rows`), not the bucket.
 
     Returns:
-        The exported objects (key, ETag, size).
+        Every object this build published, with its rows where recorded.
 
     Raises:
-        StorageError: an export is missing.
+        StorageError: a mart's CSV or manifest is missing.
     """
-    found = publish.published(settings.home)
-    exports = []
-    for model in models:
-        key = f"{MARTS_PREFIX}{model}.csv"
+    found = publish.published_rows(settings.home)
+    for model in built.exporting:
+        key = (
+            partitions.manifest_key(model)
+            if model in built.partitioned
+            else f"{MARTS_PREFIX}{model}.csv"
+        )
         if key not in found:
             raise StorageError(
                 f"s3://{settings.lake.bucket}/{key} was not published by this dbt build"
             )
-        exports.append(found[key])
-    return exports
+    return list(found.values())
 
 
 def _refreshed_in_full(settings: Settings, started_at: datetime) -> None:
@@ -373,7 +383,9 @@ def _receipt_of(report: RunReport, receipt: receipts.Receipt, row_counts: dict[s
             "key": o.key,
             "etag": o.etag,
             "size_bytes": o.size,
-            "rows": row_counts.get(o.key.removeprefix(MARTS_PREFIX).removesuffix(".csv")),
+            "rows": report.export_rows.get(o.key)
+            if o.key in report.export_rows
+            else row_counts.get(o.key.removeprefix(MARTS_PREFIX).removesuffix(".csv")),
         }
         for o in report.exports
     ]
@@ -449,7 +461,12 @@ def run(
     report = RunReport(run_id=run_id)
     receipt = receipts.Receipt(run_id=run_id, trigger=trigger)
     clock = time.monotonic()
-    with logs.run_context(run_id), exclusive(settings.home, wait_s):
+    with (
+        logs.run_context(run_id),
+        exclusive(settings.home, wait_s),
+        # The run id the publish records in manifests (dbt runs in this process).
+        _environment({"ELT_RUN_ID": run_id}),
+    ):
         log.info("run %s started (%s)", run_id, trigger)
         s3: S3Client | None = None
         row_counts: dict[str, int] = {}
@@ -498,10 +515,13 @@ def run(
                     receipt.timings["build"] = round(time.monotonic() - step, 3)
                     receipt.timings["export"] = round(publish.put_seconds, 3)
                 try:
-                    report.exports = exported_marts(settings, list(built.exporting))
+                    exported = exported_marts(settings, built)
                 except EltError as exc:
                     raise StepError("export", str(exc)) from exc
-                row_counts = _row_counts(settings, built.exporting)
+                report.exports = [info for info, _ in exported]
+                report.export_rows = {i.key: rows for i, rows in exported if rows is not None}
+                plain = {m: r for m, r in built.exporting.items() if m not in built.partitioned}
+                row_counts = _row_counts(settings, plain)
             if report.failed_loads:
                 raise StepError("load", *(r.error or r.key for r in report.failed_loads))
             receipt.status = "success"

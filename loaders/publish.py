@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 import duckdb
 from botocore.exceptions import BotoCoreError, ClientError
 
-from loaders import faults
+from loaders import faults, partitions
 from loaders import s3 as s3_mod
 from loaders.errors import StorageError
 from loaders.s3 import ObjectInfo
@@ -41,6 +42,17 @@ MANIFEST = "published.jsonl"
 # Seconds spent in PUTs since start(): the export share of a run, in its receipt.
 put_seconds = 0.0
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def candidate_folder(home: Path, invocation: str, model: str) -> Path:
+    """``<home>/exports/<invocation>/<model>/``, created: a partitioned mart's candidates.
+
+    Raises:
+        ValueError: the invocation id or model name is not a plain file name.
+    """
+    folder = candidate_path(home, invocation, model).with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def candidate_path(home: Path, invocation: str, model: str) -> Path:
@@ -81,16 +93,45 @@ def publish_object(client: S3Client, bucket: str, candidate: Path, key: str, hom
         raise StorageError(f"publishing {candidate} to s3://{bucket}/{key} failed: {exc}") from exc
     put_seconds += time.monotonic() - started
     published = ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=size)
-    with (home / EXPORTS_DIR / MANIFEST).open("a") as manifest:
-        manifest.write(json.dumps(published.__dict__) + "\n")
+    _note(home, published, None)
     candidate.unlink()
     log.info("published s3://%s/%s (%d bytes)", bucket, key, size)
     return size
 
 
+def publish_partitioned(
+    client: S3Client, bucket: str, folder: Path, model: str, home: Path, run_id: str
+) -> int:
+    """Publish a partitioned mart's folder (:func:`loaders.partitions.publish_partitions`).
+
+    Returns:
+        Bytes written to S3 by this publish (parts, whole file, manifest).
+
+    Raises:
+        StorageError: a request failed; the previous manifest stays the entry point.
+    """
+    global put_seconds
+    started = time.monotonic()
+    written = partitions.publish_partitions(client, bucket, folder, model, run_id)
+    put_seconds += time.monotonic() - started
+    for info, rows in written:
+        _note(home, info, rows)
+    return sum(info.size for info, _ in written)
+
+
+def _note(home: Path, published: ObjectInfo, rows: int | None) -> None:
+    """Append a published object to ``published.jsonl`` (read by ``elt run``'s report)."""
+    entry = {**published.__dict__, **({"rows": rows} if rows is not None else {})}
+    with (home / EXPORTS_DIR / MANIFEST).open("a") as manifest:
+        manifest.write(json.dumps(entry) + "\n")
+
+
 def discard_object(candidate: Path) -> None:
-    """Delete an unpublished candidate file (absent is fine)."""
-    candidate.unlink(missing_ok=True)
+    """Delete an unpublished candidate file or folder (absent is fine)."""
+    if candidate.is_dir():
+        shutil.rmtree(candidate, ignore_errors=True)
+    else:
+        candidate.unlink(missing_ok=True)
 
 
 def start(home: Path) -> None:
@@ -103,11 +144,21 @@ def start(home: Path) -> None:
 
 def published(home: Path) -> dict[str, ObjectInfo]:
     """Objects published since :func:`start`, by key (the latest upload of each)."""
+    return {key: info for key, (info, _) in published_rows(home).items()}
+
+
+def published_rows(home: Path) -> dict[str, tuple[ObjectInfo, int | None]]:
+    """Objects published since :func:`start` with their rows when recorded, by key."""
     path = home / EXPORTS_DIR / MANIFEST
     if not path.exists():
         return {}
-    found = [ObjectInfo(**json.loads(line)) for line in path.read_text().splitlines() if line]
-    return {o.key: o for o in found}
+    found = {}
+    for line in path.read_text().splitlines():
+        if line:
+            entry = json.loads(line)
+            rows = entry.pop("rows", None)
+            found[entry["key"]] = (ObjectInfo(**entry), rows)
+    return found
 
 
 def register_functions(
@@ -120,9 +171,11 @@ def register_functions(
 
     ``elt_candidate_path(invocation, model)`` returns the local candidate file;
     ``elt_publish_object(candidate, key)`` and ``elt_discard_object(candidate)``
-    publish or delete it. ``connection`` is called when a publish runs, so
-    credentials are resolved lazily (a missing server fails the publish, not
-    the connection).
+    publish or delete it. For partitioned marts, ``elt_candidate_folder()``,
+    ``elt_published_state(model)`` (the last manifest's watermark and
+    partitions, as JSON) and ``elt_publish_partitions(folder, model, invocation)``.
+    ``connection`` is called when a publish runs, so credentials are resolved
+    lazily (a missing server fails the publish, not the connection).
     """
 
     def client() -> S3Client:
@@ -133,6 +186,16 @@ def register_functions(
 
     def path(invocation: str, model: str) -> str:
         return str(candidate_path(home, invocation, model))
+
+    def folder(invocation: str, model: str) -> str:
+        return str(candidate_folder(home, invocation, model))
+
+    def state(model: str) -> str:
+        return json.dumps(partitions.published_state(client(), bucket, model))
+
+    def publish_parts(candidate: str, model: str, invocation: str) -> int:
+        run_id = os.environ.get("ELT_RUN_ID") or invocation
+        return publish_partitioned(client(), bucket, Path(candidate), model, home, run_id)
 
     def publish(candidate: str, key: str) -> int:
         return publish_object(client(), bucket, Path(candidate), key, home)
@@ -148,3 +211,14 @@ def register_functions(
         "elt_publish_object", publish, ["varchar", "varchar"], "bigint", side_effects=True
     )
     conn.create_function("elt_discard_object", discard, ["varchar"], "varchar", side_effects=True)
+    conn.create_function(
+        "elt_candidate_folder", folder, ["varchar", "varchar"], "varchar", side_effects=True
+    )
+    conn.create_function("elt_published_state", state, ["varchar"], "varchar", side_effects=True)
+    conn.create_function(
+        "elt_publish_partitions",
+        publish_parts,
+        ["varchar", "varchar", "varchar"],
+        "bigint",
+        side_effects=True,
+    )

@@ -154,6 +154,23 @@ def upload(s3: S3Client, path: Path, bucket: str, key: str) -> None:
         raise StorageError(f"upload of {path} to s3://{bucket}/{key} failed: {exc}") from exc
 
 
+def exists(s3: S3Client, bucket: str, key: str) -> bool:
+    """Whether ``s3://bucket/key`` exists (a HEAD request).
+
+    Raises:
+        StorageError: the request failed for another reason than a missing object.
+    """
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise StorageError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
+    return True
+
+
 def presigned_get(s3: S3Client, bucket: str, key: str, expires_s: int = 3600) -> str:
     """A presigned GET URL for ``s3://bucket/key``, valid ``expires_s`` seconds.
 

@@ -2,8 +2,9 @@
 
 It lists each CSV published under ``marts/`` (rows, size, when it was
 refreshed, the status of the last run) with a download link that is a fresh
-presigned URL, the rejects exported per dataset under ``marts/_rejects/``, the
-latest run receipts from ``marts/_runs/``, and a chart of daily entries and
+presigned URL, the parts of each partitioned mart from its manifest (one CSV
+per month or year, with its date range and the run that wrote it), the
+rejects exported per dataset under ``marts/_rejects/``, the latest run receipts from ``marts/_runs/``, and a chart of daily entries and
 exits of one station (from ``marts/station_daily.csv``).
 
 Everything comes from S3 (list and get, never put or delete) and is cached
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from loaders import receipts
+from loaders import partitions, receipts
 from loaders import s3 as s3_mod
 from loaders.errors import StorageError
 
@@ -58,6 +60,20 @@ class Published:
     url: str
     run_id: str | None = None
     run_status: str | None = None
+
+
+@dataclass(frozen=True)
+class PartView:
+    """One part of a partitioned mart, as its manifest lists it, with a download link."""
+
+    mart: str
+    partition: str
+    rows: int
+    size_bytes: int
+    first: str | None
+    last: str | None
+    run_id: str
+    url: str
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,18 @@ class Lake:
             self._cache[(key, etag)] = value
         return value
 
+    def manifest(self, mart: str) -> dict[str, Any] | None:
+        """The manifest of a partitioned mart (``marts/<mart>/_manifest.json``), or ``None``."""
+        key = partitions.manifest_key(mart)
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError:
+            return None
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read s3://{self.bucket}/{key}: {exc}") from exc
+        found: dict[str, Any] = self._parsed(key, head["ETag"].strip('"'), json.loads)
+        return found
+
     def row_count(self, key: str, etag: str) -> int:
         """Data rows of a CSV object (records below the header, quoted newlines counted right)."""
         return int(self._parsed(key, etag, lambda body: max(0, len(_records(body)) - 1)))
@@ -176,6 +204,10 @@ def published(lake: Lake, prefix: str, runs: list[dict[str, Any]]) -> list[Publi
             None,
         )
         rows = exported[1].get("rows") if exported else None
+        if rows is None and prefix == s3_mod.MARTS_PREFIX:
+            listed = lake.manifest(key[len(prefix) : -len(".csv")])
+            if listed and listed.get("whole", {}).get("etag") == etag:
+                rows = int(listed["rows"])  # not the whole file parsed to count its lines
         items.append(
             Published(
                 name=key[len(prefix) : -len(".csv")],
@@ -189,6 +221,27 @@ def published(lake: Lake, prefix: str, runs: list[dict[str, Any]]) -> list[Publi
             )
         )
     return items
+
+
+def parts_of(lake: Lake, marts: list[Published]) -> list[PartView]:
+    """Every part of the partitioned marts among ``marts``, in mart and partition order."""
+    views = []
+    for mart in marts:
+        listed = lake.manifest(mart.name)
+        for part in (listed or {}).get("parts", []):
+            views.append(
+                PartView(
+                    mart=mart.name,
+                    partition=part["partition"],
+                    rows=int(part["rows"]),
+                    size_bytes=int(part["bytes"]),
+                    first=part.get("first"),
+                    last=part.get("last"),
+                    run_id=part["run_id"],
+                    url=lake.url(part["key"]),
+                )
+            )
+    return views
 
 
 def chart_svg(days: list[StationDay], remote_unit: str) -> str:
@@ -232,6 +285,7 @@ def create_app(client: Callable[[], S3Client], bucket: str) -> Starlette:
         try:
             runs = list(receipts.published(lake.s3, bucket, limit=20))
             marts = published(lake, s3_mod.MARTS_PREFIX, runs)
+            parts = parts_of(lake, marts)
             rejects = published(lake, f"{s3_mod.MARTS_PREFIX}_rejects/", runs)
             days = lake.station_days()
         except StorageError as exc:
@@ -242,6 +296,7 @@ def create_app(client: Callable[[], S3Client], bucket: str) -> Starlette:
         context = {
             "bucket": bucket,
             "marts": marts,
+            "parts": parts,
             "rejects": rejects,
             "runs": runs[:10],
             "stations": stations,

@@ -17,13 +17,96 @@
 #}
 {% macro export_mart() %}
     {%- if execute and model.config.get('meta', {}).get('export') == 'csv' -%}
-        {%- set order_by = model.config.meta.get('primary_key') or ['all'] -%}
+        {%- set meta = model.config.meta -%}
+        {%- if meta.get('partition_by') -%}
+            {{- export_partitions(this, meta) -}}
+        {%- else -%}
+        {%- set order_by = meta.get('primary_key') or ['all'] -%}
         copy (
             select {{ export_columns(this) }}
             from {{ this }}
             order by {{ order_by | join(', ') }}
         ) to '{{ candidate_path(this.identifier) }}' (format csv, header true)
+        {%- endif -%}
     {%- endif -%}
+{% endmacro %}
+
+
+{#
+    A partitioned mart (meta.partition_by: a date column, meta.granularity:
+    month (default), year or day) writes to its candidate folder only the
+    partitions whose rows changed since the published manifest: rows with a
+    _refreshed_at newer than the manifest's refreshed_through, and live
+    partitions the manifest does not list (a model without _refreshed_at
+    writes them all; unchanged bytes are not uploaded again). Beside them:
+    _parts.json (rows and date range of each written partition), _state.json
+    (every live partition, the latest _refreshed_at) and _header.csv.
+    loaders/partitions.py publishes the folder.
+#}
+{% macro export_partitions(relation, meta) %}
+    {%- set formats = {'month': '%Y-%m', 'year': '%Y', 'day': '%Y-%m-%d'} -%}
+    {%- set granularity = meta.get('granularity', 'month') -%}
+    {%- if granularity not in formats -%}
+        {{ exceptions.raise_compiler_error(
+            relation.identifier ~ ": granularity must be month, year or day, not " ~ granularity
+        ) }}
+    {%- endif -%}
+    {%- set column = adapter.quote(meta.partition_by) -%}
+    {%- set partition = "strftime(" ~ column ~ ", '" ~ formats[granularity] ~ "')" -%}
+    {%- set order_by = meta.get('primary_key') or ['all'] -%}
+    {%- set folder = candidate_folder(relation.identifier) -%}
+    {%- set found = run_query("select elt_published_state('" ~ relation.identifier ~ "')") -%}
+    {%- set previous = fromjson(found.columns[0].values()[0]) -%}
+    {%- set names = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
+    {%- set live = run_query(
+        "select distinct " ~ partition ~ " from " ~ relation
+        ~ " where " ~ column ~ " is not null order by 1"
+    ).columns[0].values() | list -%}
+    {%- set changed = [] -%}
+    {%- if '_refreshed_at' in names and previous.refreshed_through -%}
+        {%- set newer = run_query(
+            "select distinct " ~ partition ~ " from " ~ relation ~ " where _refreshed_at > cast('"
+            ~ previous.refreshed_through ~ "' as timestamptz)"
+        ).columns[0].values() | list -%}
+        {%- for value in live if value in newer or value not in previous.partitions -%}
+            {%- do changed.append(value) -%}
+        {%- endfor -%}
+    {%- else -%}
+        {%- do changed.extend(live) -%}
+    {%- endif -%}
+    {%- set statements = [] -%}
+    {%- for value in changed -%}
+        {%- do statements.append(
+            "copy (select " ~ export_columns(relation) ~ " from " ~ relation ~ " where "
+            ~ partition ~ " = '" ~ value ~ "' order by " ~ order_by | join(', ') ~ ") to '"
+            ~ folder ~ "/" ~ value ~ ".csv' (format csv, header true)"
+        ) -%}
+    {%- endfor -%}
+    {%- set listed = "'" ~ changed | join("', '") ~ "'" if changed else "null" -%}
+    {%- do statements.append(
+        "copy (select " ~ partition ~ " as partition, count(*) as rows, min(" ~ column
+        ~ ") as first, max(" ~ column ~ ") as last from " ~ relation ~ " where " ~ partition
+        ~ " in (" ~ listed ~ ") group by 1 order by 1) to '" ~ folder ~ "/_parts.json' (format json)"
+    ) -%}
+    {%- set refreshed = "max(_refreshed_at)" if '_refreshed_at' in names else "null" -%}
+    {%- do statements.append(
+        "copy (select coalesce(list(distinct " ~ partition ~ " order by " ~ partition
+        ~ ") filter (where " ~ column ~ " is not null), []) as live, " ~ refreshed
+        ~ " as refreshed_through, '" ~ meta.partition_by ~ "' as partition_by, '" ~ granularity
+        ~ "' as granularity from " ~ relation ~ ") to '" ~ folder ~ "/_state.json' (format json)"
+    ) -%}
+    {%- do statements.append(
+        "copy (select " ~ export_columns(relation) ~ " from " ~ relation ~ " limit 0) to '"
+        ~ folder ~ "/_header.csv' (format csv, header true)"
+    ) -%}
+    {{- return(statements | join(";\n")) -}}
+{% endmacro %}
+
+
+{#- Local candidate folder of a partitioned mart: elt_candidate_folder() is registered by loaders.dbt_plugin. -#}
+{% macro candidate_folder(name) %}
+    {%- set found = run_query("select elt_candidate_folder('" ~ invocation_id ~ "', '" ~ name ~ "')") -%}
+    {{- return(found.columns[0].values()[0]) -}}
 {% endmacro %}
 
 
@@ -85,10 +168,18 @@
                 {%- do blockers.append(test.name ~ ' ' ~ status) -%}
             {%- endif -%}
         {%- endfor -%}
-        {%- set candidate = candidate_path(result.node.name) -%}
+        {%- set partitioned = result.node.config.meta.get('partition_by') -%}
+        {%- if partitioned -%}
+            {%- set candidate = candidate_folder(result.node.name) -%}
+        {%- else -%}
+            {%- set candidate = candidate_path(result.node.name) -%}
+        {%- endif -%}
         {%- if blockers -%}
             {{ log("not publishing " ~ result.node.name ~ ": " ~ blockers | join(', '), info=true) }}
             {%- do statements.append("select elt_discard_object('" ~ candidate ~ "')") -%}
+        {%- elif partitioned -%}
+            {{ log("publishing the changed parts of marts/" ~ result.node.name ~ "/", info=true) }}
+            {%- do statements.append("select elt_publish_partitions('" ~ candidate ~ "', '" ~ result.node.name ~ "', '" ~ invocation_id ~ "')") -%}
         {%- else -%}
             {{ log("publishing marts/" ~ result.node.name ~ ".csv", info=true) }}
             {%- do statements.append("select elt_publish_object('" ~ candidate ~ "', 'marts/" ~ result.node.name ~ ".csv')") -%}

@@ -109,7 +109,7 @@ class Elt:
 
     def download_mart(self, model: str) -> bytes:
         """Fetch ``marts/<model>.csv`` through ``elt url`` and a plain HTTP GET."""
-        link = self.run("url", model).stdout.strip()
+        link = self.run("url", model).stdout.splitlines()[0]
         with urllib.request.urlopen(link, timeout=30) as response:
             assert response.status == 200
             return response.read()

@@ -7,6 +7,8 @@ see ``loaders/faults.py``: landing, mid-dbt build, export), then a plain
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import subprocess
 import time
@@ -34,13 +36,24 @@ MARTS = ("turnstile_daily", "station_daily")
 
 @pytest.fixture(scope="module")
 def reference(elt: Elt) -> dict[str, bytes]:
-    """The CSVs an uninterrupted run publishes."""
+    """The CSVs and parts an uninterrupted run publishes."""
     reset(elt)
     elt.run("run")
-    return {m: elt.get(f"marts/{m}.csv") for m in MARTS}
+    return published(elt)
 
 
-@pytest.mark.parametrize("point", ["download", "insert", "commit", "build", "publish"])
+def published(elt: Elt) -> dict[str, bytes]:
+    """The whole CSVs, and each part and its ETag as the manifests list them."""
+    found = {m: elt.get(f"marts/{m}.csv") for m in MARTS}
+    for model in MARTS:
+        for part in json.loads(elt.get(f"marts/{model}/_manifest.json"))["parts"]:
+            body = elt.get(part["key"])
+            assert hashlib.md5(body).hexdigest() == part["etag"], part["key"]
+            found[part["key"]] = body
+    return found
+
+
+@pytest.mark.parametrize("point", ["download", "insert", "commit", "build", "publish", "manifest"])
 def test_kill_9_then_rerun_converges(elt: Elt, reference: dict[str, bytes], point: str) -> None:
     # GIVEN two new objects WHEN the loader is killed at `point`
     reset(elt)
@@ -55,7 +68,7 @@ def test_kill_9_then_rerun_converges(elt: Elt, reference: dict[str, bytes], poin
     assert elt.query(
         "select key, count(*) from elt.ledger where status = 'loaded' group by 1 order by 1"
     ) == [("raw/turnstile/a.csv", 1), ("raw/turnstile/b.csv", 1)]
-    assert {m: elt.get(f"marts/{m}.csv") for m in MARTS} == reference
+    assert published(elt) == reference
     assert not any((elt.home / "tmp").glob("*"))
 
 

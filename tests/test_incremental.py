@@ -7,6 +7,7 @@ rebuilt with --full-refresh: the exported CSVs must match byte for byte.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,8 +33,27 @@ def second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
     local_s3.stop(home)
 
 
-def exports(elt: Elt) -> dict[str, bytes]:
-    return {m: elt.get(f"marts/{m}.csv") for m in MARTS}
+def exports(elt: Elt) -> dict[str, object]:
+    """Each mart's whole CSV, every part its manifest lists, and the manifest's parts.
+
+    Also checks that the mart's folder holds nothing but those parts and the manifest.
+    """
+    found: dict[str, object] = {}
+    for model in MARTS:
+        found[model] = elt.get(f"marts/{model}.csv")
+        manifest = json.loads(elt.get(f"marts/{model}/_manifest.json"))
+        listed = [part["key"] for part in manifest["parts"]]
+        listing = elt.s3().list_objects_v2(Bucket="lake", Prefix=f"marts/{model}/")
+        assert sorted(o["Key"] for o in listing["Contents"]) == sorted(
+            [*listed, f"marts/{model}/_manifest.json"]
+        )
+        for key in listed:
+            found[key] = elt.get(key)
+        # What a run id or a time cannot change: keys, ETags, rows, bytes, date ranges
+        found[f"{model} manifest"] = [
+            {k: v for k, v in part.items() if k != "run_id"} for part in manifest["parts"]
+        ]
+    return found
 
 
 def test_weeks_in_any_order_give_identical_csvs(elt: Elt, second: Elt, weeks: list[Path]) -> None:
@@ -53,10 +73,13 @@ def test_weeks_in_any_order_give_identical_csvs(elt: Elt, second: Elt, weeks: li
     full_refresh = exports(second)
     # THEN the three agree byte for byte
     assert one_at_a_time == all_at_once == full_refresh
-    header = one_at_a_time["turnstile_daily"].split(b"\n", 1)[0]
+    assert "marts/turnstile_daily/2024-01.csv" in one_at_a_time
+    whole = one_at_a_time["turnstile_daily"]
+    assert isinstance(whole, bytes)
+    header = whole.split(b"\n", 1)[0]
     assert b"_refreshed_at" not in header
     # and cover the three weeks: 2023-12-30 .. 2024-01-19
-    body = one_at_a_time["turnstile_daily"].decode()
+    body = whole.decode()
     assert ",2023-12-30," in body and ",2024-01-19," in body and ",2024-01-20," not in body
 
 
@@ -73,9 +96,11 @@ def test_a_reading_inside_a_built_day_rebuilds_the_whole_day(elt: Elt, second: E
     incremental = exports(elt)
     second.run("run", "--full-refresh")
     # THEN the day has one more reading, and matches a full rebuild byte for byte
+    whole = incremental["turnstile_daily"]
+    assert isinstance(whole, bytes)
     line = next(
         ln
-        for ln in incremental["turnstile_daily"].decode().splitlines()
+        for ln in whole.decode().splitlines()
         if ln.startswith("A002-R051-02-00-00,") and ",2024-01-08," in ln
     )
     # 03:00 -> 11:00 -> 13:00 -> 15:00 -> 19:00 -> 23:00, and 23:00 the day before

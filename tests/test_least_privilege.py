@@ -1,7 +1,7 @@
 """A run needs no more than ``iam/elt-pipeline-policy.json``.
 
 The local server's ``pipeline`` identity has exactly that policy's rights
-(read ``raw/*``, write ``marts/*``; SeaweedFS lists bucket-wide), and a whole
+(read ``raw/*``, read and write ``marts/*``; SeaweedFS lists bucket-wide), and a whole
 ``elt run`` as that identity must load, build and publish.
 """
 
@@ -31,11 +31,12 @@ def pipeline_client(elt: Elt):
 
 
 @pytest.mark.unit
-def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_put_marts() -> None:
+def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_publish_marts() -> None:
     policy = json.loads((PROJECT / "iam" / "elt-pipeline-policy.json").read_text())
     grants = {
-        (s["Action"], s["Resource"], json.dumps(s.get("Condition"), sort_keys=True))
+        (action, s["Resource"], json.dumps(s.get("Condition"), sort_keys=True))
         for s in policy["Statement"]
+        for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
     assert all(s["Effect"] == "Allow" for s in policy["Statement"])
     assert grants == {
@@ -45,19 +46,28 @@ def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_put_marts()
             json.dumps({"StringLike": {"s3:prefix": ["raw/", "raw/*"]}}, sort_keys=True),
         ),
         ("s3:GetObject", "arn:aws:s3:::my-elt-bucket/raw/*", "null"),
+        # marts/: publish parts and manifests, read them back (the last manifest,
+        # the parts the whole file is composed from), delete parts no longer listed
         ("s3:PutObject", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
+        ("s3:GetObject", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
+        ("s3:DeleteObject", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
+        ("s3:AbortMultipartUpload", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
     }
 
 
 def test_the_pipeline_identity_is_really_restricted(elt: Elt) -> None:
     elt.put("raw/turnstile/lp_probe.csv", week_csv(1))
     elt.put("marts/lp_probe.csv", b"x\n")
+    elt.put("private/lp_probe.csv", b"secret\n")
     client = pipeline_client(elt)
     assert client.get_object(Bucket="lake", Key="raw/turnstile/lp_probe.csv")["Body"].read()
+    assert client.get_object(Bucket="lake", Key="marts/lp_probe.csv")["Body"].read() == b"x\n"
     client.put_object(Bucket="lake", Key="marts/lp_written.csv", Body=b"y\n")
+    client.delete_object(Bucket="lake", Key="marts/lp_written.csv")
     for denied in (
-        lambda: client.get_object(Bucket="lake", Key="marts/lp_probe.csv"),
+        lambda: client.get_object(Bucket="lake", Key="private/lp_probe.csv"),
         lambda: client.put_object(Bucket="lake", Key="raw/turnstile/lp_evil.csv", Body=b"z"),
+        lambda: client.delete_object(Bucket="lake", Key="raw/turnstile/lp_probe.csv"),
         lambda: client.create_bucket(Bucket="other"),
     ):
         with pytest.raises(ClientError) as caught:
@@ -80,7 +90,13 @@ def test_a_whole_run_as_the_least_privilege_identity(elt: Elt) -> None:
     keys = {o["Key"] for o in elt.s3().list_objects_v2(Bucket="lake", Prefix="marts/")["Contents"]}
     assert keys == {
         "marts/turnstile_daily.csv",
+        "marts/turnstile_daily/2023-12.csv",
+        "marts/turnstile_daily/2024-01.csv",
+        "marts/turnstile_daily/_manifest.json",
         "marts/station_daily.csv",
+        "marts/station_daily/2023.csv",
+        "marts/station_daily/2024.csv",
+        "marts/station_daily/_manifest.json",
         "marts/_rejects/turnstile.csv",
         f"marts/_runs/{run_id}.json",
     }

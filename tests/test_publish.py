@@ -23,13 +23,21 @@ TEXT_COLUMNS = (
 
 
 def staged_candidates(elt: Elt) -> list[str]:
-    """Candidate files left behind, and anything under marts/ but the published CSVs."""
+    """Candidate files left behind, and anything under marts/ but what the manifests list."""
     left = [str(p) for p in (elt.home / "exports").rglob("*.csv")]
     listing = elt.s3().list_objects_v2(Bucket="lake", Prefix="marts/")
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    listed = set()
+    for key in keys:
+        if key.endswith("/_manifest.json"):
+            manifest = json.loads(elt.get(key))
+            listed |= {key, *(part["key"] for part in manifest["parts"])}
     stray = [
-        o["Key"]
-        for o in listing.get("Contents", [])
-        if not o["Key"].startswith(("marts/_rejects/", "marts/_runs/")) and o["Key"].count("/") > 1
+        key
+        for key in keys
+        if not key.startswith(("marts/_rejects/", "marts/_runs/"))
+        and key.count("/") > 1
+        and key not in listed
     ]
     return left + stray
 
@@ -110,13 +118,10 @@ def test_failing_export_fails_the_run_and_keeps_the_previous_csv(elt: Elt, tmp_p
     # GIVEN a project whose export cannot be written (a folder that does not exist)
     copy = project_copy(tmp_path / "project")
     macro = copy / "macros" / "export_mart.sql"
-    unwritable = "'/no-such-folder/' ~ this.identifier ~ '.csv'"
-    macro.write_text(
-        macro.read_text().replace(
-            "'{{ candidate_path(this.identifier) }}'", "'{{ " + unwritable + " }}'"
-        )
-    )
-    assert unwritable in macro.read_text()
+    unwritable = "'/no-such-folder/' ~ relation.identifier"
+    written = "{%- set folder = candidate_folder(relation.identifier) -%}"
+    assert written in macro.read_text()
+    macro.write_text(macro.read_text().replace(written, "{%- set folder = " + unwritable + " -%}"))
     elt.put("raw/turnstile/300000_c.csv", week_csv(3, day="03/04/2024", start=7200))
     # WHEN run
     proc = elt.run("run", check=False, ELT_PROJECT_DIR=str(copy))

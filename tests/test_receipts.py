@@ -47,11 +47,20 @@ def test_a_run_leaves_a_receipt_in_duckdb_and_s3(elt: Elt) -> None:
     assert nodes["model.elt_lake.turnstile_daily"]["status"] == "success"
     assert all(n["seconds"] >= 0 for n in nodes.values())
     exports = {e["key"]: e for e in receipt["exports"]}
-    assert set(exports) == {"marts/turnstile_daily.csv", "marts/station_daily.csv"}
+    assert set(exports) == {
+        "marts/turnstile_daily/2024-07.csv",
+        "marts/turnstile_daily.csv",
+        "marts/turnstile_daily/_manifest.json",
+        "marts/station_daily/2024.csv",
+        "marts/station_daily.csv",
+        "marts/station_daily/_manifest.json",
+    }
     for key, export in exports.items():
         body = elt.get(key)
         assert export["size_bytes"] == len(body)
-        assert export["rows"] == body.count(b"\n") - 1
+        assert export["etag"] == elt.s3().head_object(Bucket="lake", Key=key)["ETag"].strip('"')
+        rows = None if key.endswith(".json") else body.count(b"\n") - 1
+        assert export["rows"] == rows, key
     assert receipt["seconds"] > 0 and receipt["finished_at"] > receipt["started_at"]
     # AND the log names the run and its outcome
     assert f"[{run_id}] loaders.pipeline: run {run_id} failed in " in proc.stderr

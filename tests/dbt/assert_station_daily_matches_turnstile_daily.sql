@@ -1,24 +1,52 @@
 -- Across marts: each remote unit's day in station_daily sums exactly its
 -- turnstiles' days in turnstile_daily (nothing lost or counted twice).
+-- Checked for the unit days the last run rebuilt (the older ones were checked
+-- when they were built): a steady run does not rescan the history.
 with
+
+rebuilt_days as (
+
+    select distinct
+        remote_unit,
+        service_date
+
+    from {{ ref('turnstile_daily') }}
+
+    where _refreshed_at = (
+        select max(latest._refreshed_at) from {{ ref('turnstile_daily') }} as latest
+    )
+
+),
 
 turnstile_totals as (
 
     select
-        remote_unit,
-        service_date,
-        sum(entries) as entries,
-        sum(exits) as exits
+        turnstile_days.remote_unit,
+        turnstile_days.service_date,
+        sum(turnstile_days.entries) as entries,
+        sum(turnstile_days.exits) as exits
 
-    from {{ ref('turnstile_daily') }}
+    from {{ ref('turnstile_daily') }} as turnstile_days
 
-    group by remote_unit, service_date
+    inner join rebuilt_days
+        on
+            turnstile_days.remote_unit = rebuilt_days.remote_unit
+            and turnstile_days.service_date = rebuilt_days.service_date
+
+    group by turnstile_days.remote_unit, turnstile_days.service_date
 
 ),
 
 station_totals as (
 
-    select * from {{ ref('station_daily') }}
+    select station_days.*
+
+    from {{ ref('station_daily') }} as station_days
+
+    inner join rebuilt_days
+        on
+            station_days.remote_unit = rebuilt_days.remote_unit
+            and station_days.service_date = rebuilt_days.service_date
 
 ),
 

@@ -194,4 +194,6 @@ flagged as (
 
 )
 
+-- In time order: later runs' filters on reading_at and service_date skip old row groups.
 select * from flagged
+order by reading_at, turnstile_id

@@ -56,6 +56,12 @@ current_winners as (
             built.turnstile_id = new_keys.turnstile_id
             and built.reading_at = new_keys.reading_at
 
+    -- The table is kept in time order: only the row groups of the new
+    -- readings' time span are read (their min/max), not the whole history.
+    where
+        built.reading_at >= (select min(bounds.reading_at) from new_keys as bounds)
+        and built.reading_at <= (select max(bounds.reading_at) from new_keys as bounds)
+
 ),
 
 candidates as (
@@ -112,4 +118,6 @@ deduplicated as (
 
 )
 
+-- In time order: later runs' filters on reading_at skip old row groups.
 select * from deduplicated
+order by reading_at, turnstile_id

@@ -44,6 +44,12 @@ unit_days as (
             turnstile_days.remote_unit = changed_days.remote_unit
             and turnstile_days.service_date = changed_days.service_date
 
+    -- turnstile_daily is kept in time order: read only the changed days' span.
+    where
+        turnstile_days.service_date >= (select min(bounds.service_date) from changed_days as bounds)
+        and turnstile_days.service_date
+        <= (select max(bounds.service_date) from changed_days as bounds)
+
 ),
 
 {% else %}
@@ -110,4 +116,6 @@ final as (
 
 )
 
+-- In time order, like the tables it is built from.
 select * from final
+order by service_date, remote_unit

@@ -45,6 +45,11 @@ day_intervals as (
             intervals.turnstile_id = changed_days.turnstile_id
             and intervals.service_date = changed_days.service_date
 
+    -- The intervals are kept in time order: read only the changed days' span.
+    where
+        intervals.service_date >= (select min(bounds.service_date) from changed_days as bounds)
+        and intervals.service_date <= (select max(bounds.service_date) from changed_days as bounds)
+
 ),
 
 {% else %}
@@ -102,4 +107,6 @@ final as (
 
 )
 
+-- In time order: later runs' filters on service_date skip old row groups.
 select * from final
+order by service_date, turnstile_id
