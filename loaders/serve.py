@@ -4,8 +4,9 @@ It lists each CSV published under ``marts/`` (rows, size, when it was
 refreshed, the status of the last run) with a download link that is a fresh
 presigned URL, the parts of each partitioned mart from its manifest (one CSV
 per month or year, with its date range and the run that wrote it), the
-rejects exported per dataset under ``marts/_rejects/``, the latest run receipts from ``marts/_runs/``, and a chart of daily entries and
-exits of one station (from ``marts/station_daily.csv``).
+rejects exported per dataset under ``marts/_rejects/``, the latest run
+receipts from ``marts/_runs/``, and a chart of daily entries and exits of one
+station (from ``marts/station_daily.csv``).
 
 Everything comes from S3 (list and get, never put or delete) and is cached
 by ETag: the page works on a bucket another machine fills, and never touches
