@@ -50,6 +50,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 ELT = str(Path(sys.executable).with_name("elt"))
 CAP_MB = 16 * 1024
 LOGS = PROJECT / "bench" / "data" / "logs"  # stderr of every measured run (git-ignored)
+# Methods a run can leave out (--scripts, --landing-scales, --memory-limit-scale):
+# with --merge, their earlier records are kept.
+SKIPPABLE = ("pandas", "polars", "landing", "landing_bare")
 KEY_COLUMNS = ("turnstile_id", "service_date", "entries", "exits", "readings", "anomalies")
 
 BARE = """
@@ -112,6 +115,8 @@ class Record:
     split_s: dict[str, float] = field(default_factory=dict)
     memory_limit: str | None = None
     matches_pipeline: bool | None = None
+    # Median bytes the runs sent to S3 to publish marts (from their receipts).
+    uploaded_bytes: int | None = None
 
 
 def measure(argv: list[str], env: dict[str, str], cap_mb: float | None = None) -> Measured:
@@ -274,29 +279,55 @@ def bench_scale(
         print(f"== {n} weeks", flush=True)
         # Cold builds (the last one leaves the state the steady runs start from).
         cold, splits = [], []
+        uploaded = []
         for _ in range(repeat):
             scale.empty_state()
             cold.append(measure([ELT, "run"], scale.env))
             receipt = scale.last_receipt()
             splits.append(receipt["timings"])
+            uploaded.append(receipt.get("uploaded_bytes", 0))
         readings = sum(o["rows_loaded"] for o in receipt["objects"])
         pipeline_csv = scale.get("marts/turnstile_daily.csv")
         split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
-        records.append(summarise(n, "pipeline_cold", cold, readings, split_s=split))
+        records.append(
+            summarise(
+                n,
+                "pipeline_cold",
+                cold,
+                readings,
+                split_s=split,
+                uploaded_bytes=int(statistics.median(uploaded)),
+            )
+        )
         print(records[-1], flush=True)
         keep(records)
 
         if extra:
             # Starts from the state the last cold build left.
-            steady, splits = [], []
+            steady, splits, uploaded = [], [], []
             for week in extra[:repeat]:
                 s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
                 steady.append(measure([ELT, "run"], scale.env))
                 receipt = scale.last_receipt()
                 splits.append(receipt["timings"])
+                uploaded.append(receipt.get("uploaded_bytes", 0))
+                # Per-statement times of the steady run (dbt's debug log), for the README.
+                log = scale.home / "logs" / "dbt.log"
+                if log.exists():
+                    shutil.copy(log, LOGS.parent / f"dbt-steady-{n}.log")
+                    log.unlink()
             week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
             split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
-            records.append(summarise(n, "pipeline_steady", steady, week_rows, split_s=split))
+            records.append(
+                summarise(
+                    n,
+                    "pipeline_steady",
+                    steady,
+                    week_rows,
+                    split_s=split,
+                    uploaded_bytes=int(statistics.median(uploaded)),
+                )
+            )
             print(records[-1], flush=True)
             keep(records)
             for week in extra[:repeat]:
@@ -423,6 +454,8 @@ def report(records: list[Record], meta: dict[str, Any]) -> str:
             )
         if r.memory_limit:
             notes.append(f"DuckDB memory_limit {r.memory_limit}")
+        if r.uploaded_bytes is not None:
+            notes.append(f"uploaded {r.uploaded_bytes / 2**20:,.1f} MB")
         if r.runs_s and len(r.runs_s) < meta["repeat"]:
             notes.append(f"{len(r.runs_s)} run only")
         if r.matches_pipeline is not None:
@@ -462,6 +495,23 @@ def targets(records: list[Record]) -> list[str]:
             f"{steady.median_s / alone.median_s:.2f}x one week alone ({alone.median_s:.1f} s); "
             "target at most 1.5x."
         )
+    at_32 = find(32, "pipeline_steady")
+    if steady and steady.median_s and at_32 and at_32.median_s and top != 32:
+        out.append(
+            f"Steady state growth {top}/32 weeks: {steady.median_s / at_32.median_s:.2f}x "
+            f"({steady.median_s:.1f} s against {at_32.median_s:.1f} s); target at most 1.2x."
+        )
+    if steady and steady.peak_mb is not None:
+        out.append(
+            f"Peak memory of the steady run at {top} weeks, default settings: "
+            f"{steady.peak_mb:,} MB; target under 1,024 MB."
+        )
+    if steady and steady.uploaded_bytes is not None:
+        out.append(
+            f"Bytes uploaded by the steady run at {top} weeks: "
+            f"{steady.uploaded_bytes / 2**20:,.1f} MB (the parts the week touched, the "
+            "manifests); target a few MB."
+        )
     if steady and steady.median_s and polars:
         if polars.median_s:
             out.append(
@@ -473,7 +523,8 @@ def targets(records: list[Record]) -> list[str]:
     cold = find(top, "pipeline_cold")
     if cold and cold.ratio_to_bare:
         out.append(
-            f"Cold build at {top} weeks: {cold.ratio_to_bare:.2f}x bare; target at most 1.6x."
+            f"Cold build at {top} weeks: {cold.ratio_to_bare:.2f}x bare, peak "
+            f"{cold.peak_mb or 0:,} MB; target at most 1.6x, peak under 3,072 MB."
         )
     for scale in sorted({r.scale for r in records}):
         landing, bare = find(scale, "landing"), find(scale, "landing_bare")
@@ -537,6 +588,9 @@ def main() -> None:
     def save() -> None:
         """Write what is measured so far: a long run stopped midway keeps its scales."""
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        # A record measured now replaces a kept one of the same scale and method.
+        newest = {(r.scale, r.method, r.memory_limit): r for r in records}
+        records[:] = list(newest.values())
         records.sort(key=lambda r: (r.scale, r.method != "pipeline_cold"))
         args.out.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
         args.readme.write_text(report(records, meta))
@@ -567,9 +621,10 @@ def main() -> None:
         print("\n".join(targets(records)))
         return
     if args.merge and args.out.exists():
-        # Keep the records of scales this invocation does not measure.
+        # Keep the earlier records of whatever this invocation does not measure
+        # (a method skipped with --scripts '' or --landing-scales '' keeps its row).
         kept = [Record(**r) for r in json.loads(args.out.read_text())]
-        records += [r for r in kept if r.scale not in scales]
+        records += [r for r in kept if r.scale not in scales or r.method in SKIPPABLE]
     try:
         if not any(r.method == "one_week" for r in records):
             records.append(one_week(root, weeks[0], args.repeat))

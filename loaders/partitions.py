@@ -149,7 +149,7 @@ def _sha256(path: Path) -> str:
 
 def publish_partitions(
     client: S3Client, bucket: str, folder: Path, model: str, run_id: str
-) -> list[tuple[ObjectInfo, int | None]]:
+) -> tuple[list[tuple[ObjectInfo, int | None]], int]:
     """Publish a partitioned mart's candidate folder: changed parts, the whole file, the manifest.
 
     Args:
@@ -161,7 +161,8 @@ def publish_partitions(
 
     Returns:
         Every object written, with its rows (``None`` for the manifest), in
-        the order written; the folder is deleted.
+        the order written, and the bytes sent to S3 for them (what the server
+        copied itself is not sent); the folder is deleted.
 
     Raises:
         StorageError: a request failed, or a live partition is neither in the
@@ -176,6 +177,7 @@ def publish_partitions(
     previous = read_manifest(client, bucket, model) or {}
     published = {p["partition"]: Part(**p) for p in previous.get("parts", [])}
     written: list[tuple[ObjectInfo, int | None]] = []
+    sent = 0
     parts: list[Part] = []
     for partition in live:
         path = folder / f"{partition}.csv"
@@ -192,6 +194,7 @@ def publish_partitions(
             parts.append(old)  # the same bytes: the object stays as it is
             continue
         info = _put_file(client, bucket, path, part_key(model, partition))
+        sent += info.size
         row = stats.get(partition, {})
         part = Part(
             partition=partition,
@@ -210,7 +213,8 @@ def publish_partitions(
     changed = bool(written) or set(published) != set(live) or "whole" not in previous
     whole_key = f"{MARTS_PREFIX}{model}.csv"
     if changed:
-        whole = compose(client, bucket, whole_key, parts, header, folder)
+        whole, whole_sent = compose(client, bucket, whole_key, parts, header, folder)
+        sent += whole_sent
         written.append((whole, sum(p.rows for p in parts)))
         whole_entry = {"key": whole.key, "etag": whole.etag, "bytes": whole.size}
     else:
@@ -232,6 +236,7 @@ def publish_partitions(
     written.append(
         (_put_bytes(client, bucket, manifest_key(model), body, "application/json"), None)
     )
+    sent += len(body)
     for partition, old in published.items():
         if partition not in live:
             _delete(client, bucket, old.key)
@@ -243,7 +248,7 @@ def publish_partitions(
         len(parts),
         manifest_key(model),
     )
-    return written
+    return written, sent
 
 
 def _iso(value: Any) -> str | None:
@@ -255,7 +260,7 @@ def _iso(value: Any) -> str | None:
 
 def compose(
     client: S3Client, bucket: str, key: str, parts: list[Part], header: bytes, folder: Path
-) -> ObjectInfo:
+) -> tuple[ObjectInfo, int]:
     """Write ``key`` as the ``parts`` end to end with one header, mostly on the server.
 
     Each part's bytes after its header are a range of its object: a range of
@@ -263,6 +268,9 @@ def compose(
     read (from the candidate folder when the part was just exported, else
     from S3) and merged until they reach 5 MiB. A whole file under 10 MiB is
     simply assembled and sent in one PUT.
+
+    Returns:
+        The object written, and the bytes sent to S3 for it.
 
     Raises:
         StorageError: a request failed; an unfinished upload is aborted.
@@ -273,7 +281,8 @@ def compose(
     total = sum(end - start for _, start, end in ranges)
     if not parts or total < 2 * MIN_PART_BYTES:
         body = b"".join(_read(client, bucket, part, folder, s, e) for part, s, e in ranges)
-        return _put_bytes(client, bucket, key, body if parts else header, "text/csv; charset=utf-8")
+        body = body if parts else header
+        return _put_bytes(client, bucket, key, body, "text/csv; charset=utf-8"), len(body)
     started = time.monotonic()
     try:
         upload = client.create_multipart_upload(
@@ -282,6 +291,7 @@ def compose(
     except (ClientError, BotoCoreError) as exc:
         raise StorageError(f"cannot start composing s3://{bucket}/{key}: {exc}") from exc
     sent: list[CompletedPartTypeDef] = []
+    uploaded = 0
     pending = bytearray()
     try:
         for index, (part, start, end) in enumerate(ranges):
@@ -300,14 +310,15 @@ def compose(
                 continue
             pending += _read(client, bucket, part, folder, start, end)
             if len(pending) >= MIN_PART_BYTES or last:
-                uploaded = client.upload_part(
+                response = client.upload_part(
                     Bucket=bucket,
                     Key=key,
                     UploadId=upload,
                     PartNumber=len(sent) + 1,
                     Body=bytes(pending),
                 )
-                sent.append({"PartNumber": len(sent) + 1, "ETag": uploaded["ETag"]})
+                sent.append({"PartNumber": len(sent) + 1, "ETag": response["ETag"]})
+                uploaded += len(pending)
                 pending.clear()
         done = client.complete_multipart_upload(
             Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": sent}
@@ -325,7 +336,7 @@ def compose(
         len(parts),
         time.monotonic() - started,
     )
-    return ObjectInfo(key=key, etag=str(done["ETag"]).strip('"'), size=total)
+    return ObjectInfo(key=key, etag=str(done["ETag"]).strip('"'), size=total), uploaded
 
 
 def _read(client: S3Client, bucket: str, part: Part, folder: Path, start: int, end: int) -> bytes:

@@ -507,13 +507,19 @@ def run(
                     report.exports = [published[key] for key in sorted(published)]
                     if not report.exports:
                         raise
-                    keys = ", ".join(o.key for o in report.exports)
+                    # The entry points: whole CSVs and manifests (their parts are listed there).
+                    keys = ", ".join(
+                        o.key
+                        for o in report.exports
+                        if o.key.count("/") == 1 or o.key.endswith(partitions.MANIFEST)
+                    )
                     raise StepError(
                         exc.step, *exc.reasons, notes=(f"published despite the failure: {keys}",)
                     ) from exc
                 finally:
                     receipt.timings["build"] = round(time.monotonic() - step, 3)
                     receipt.timings["export"] = round(publish.put_seconds, 3)
+                    receipt.uploaded_bytes = publish.uploaded_bytes
                 try:
                     exported = exported_marts(settings, built)
                 except EltError as exc:

@@ -41,6 +41,8 @@ EXPORTS_DIR = "exports"
 MANIFEST = "published.jsonl"
 # Seconds spent in PUTs since start(): the export share of a run, in its receipt.
 put_seconds = 0.0
+# Bytes sent to S3 since start() (what the server copied itself not counted).
+uploaded_bytes = 0
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -80,7 +82,7 @@ def publish_object(client: S3Client, bucket: str, candidate: Path, key: str, hom
         StorageError: the candidate is missing, or the PUT failed (the
             previous object at ``key`` is then untouched).
     """
-    global put_seconds
+    global put_seconds, uploaded_bytes
     faults.point("publish")
     started = time.monotonic()
     try:
@@ -92,6 +94,7 @@ def publish_object(client: S3Client, bucket: str, candidate: Path, key: str, hom
     except (ClientError, BotoCoreError, OSError) as exc:
         raise StorageError(f"publishing {candidate} to s3://{bucket}/{key} failed: {exc}") from exc
     put_seconds += time.monotonic() - started
+    uploaded_bytes += size
     published = ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=size)
     _note(home, published, None)
     candidate.unlink()
@@ -110,10 +113,11 @@ def publish_partitioned(
     Raises:
         StorageError: a request failed; the previous manifest stays the entry point.
     """
-    global put_seconds
+    global put_seconds, uploaded_bytes
     started = time.monotonic()
-    written = partitions.publish_partitions(client, bucket, folder, model, run_id)
+    written, sent = partitions.publish_partitions(client, bucket, folder, model, run_id)
     put_seconds += time.monotonic() - started
+    uploaded_bytes += sent
     for info, rows in written:
         _note(home, info, rows)
     return sum(info.size for info, _ in written)
@@ -136,8 +140,9 @@ def discard_object(candidate: Path) -> None:
 
 def start(home: Path) -> None:
     """Forget earlier candidates, the manifest and the PUT clock (called before a build)."""
-    global put_seconds
+    global put_seconds, uploaded_bytes
     put_seconds = 0.0
+    uploaded_bytes = 0
     shutil.rmtree(home / EXPORTS_DIR, ignore_errors=True)
     (home / EXPORTS_DIR).mkdir(parents=True)
 

@@ -54,6 +54,8 @@ class Receipt:
         selected: dbt selectors of the build (empty: the whole project).
         timings: Seconds per step: ``load``, ``build`` (dbt, exports included)
             and ``export`` (the PUTs of the published marts).
+        uploaded_bytes: Bytes the run sent to S3 to publish marts (objects
+            the server composed from published parts are not sent again).
     """
 
     run_id: str
@@ -68,6 +70,7 @@ class Receipt:
     objects: list[dict[str, Any]] = field(default_factory=list)
     dbt_nodes: list[dict[str, Any]] = field(default_factory=list)
     exports: list[dict[str, Any]] = field(default_factory=list)
+    uploaded_bytes: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)

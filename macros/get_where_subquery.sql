@@ -6,9 +6,18 @@
 
         config:
           where: "_refreshed_at = __latest_refresh__"
+
+    A relation without that column (a plain table) is tested whole.
 #}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where') -%}
+    {%- if where and '__latest_refresh__' in where and execute -%}
+        {#- A model without _refreshed_at (a plain table mart) is tested whole. -#}
+        {%- set names = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
+        {%- if '_refreshed_at' not in names -%}
+            {%- do return(relation) -%}
+        {%- endif -%}
+    {%- endif -%}
     {%- if where -%}
         {%- set where = where | replace(
             '__latest_refresh__',

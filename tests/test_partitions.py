@@ -195,7 +195,7 @@ def test_the_whole_file_is_composed_from_the_parts_on_the_server(
             partitions.Part(f"{i:02d}", key, etag, 0, len(body), len(header), None, None, "r", "")
         )
     # WHEN composed
-    whole = partitions.compose(client, "lake", "marts/composed.csv", parts, header, tmp_path)
+    whole, sent = partitions.compose(client, "lake", "marts/composed.csv", parts, header, tmp_path)
     # THEN it is the parts end to end with one header, and what could be copied was
     expected = b"".join(
         fresh.get(p.key)[0 if i == 0 else len(header) :] for i, p in enumerate(parts)
@@ -205,6 +205,8 @@ def test_the_whole_file_is_composed_from_the_parts_on_the_server(
     # (each multipart part at least 5 MiB but the last: large parts copied as
     # they are, small ones merged; the ETag counts the parts)
     assert whole.etag.endswith(f"-{uploaded_parts}")
+    small = sum(p.bytes for p in parts if p.bytes < partitions.MIN_PART_BYTES)
+    assert small <= sent < whole.size  # the large parts were not sent again
     assert whole.etag == client.head_object(Bucket="lake", Key="marts/composed.csv")["ETag"].strip(
         '"'
     )

@@ -262,7 +262,9 @@ def test_a_model_failing_on_data_names_itself_and_other_datasets_still_publish(
     assert "model counts_total" in error and "'ten'" in error, error
     # AND the turnstile marts, which do not depend on it, were published and said so
     assert published == [
-        "elt: published despite the failure: marts/station_daily.csv, marts/turnstile_daily.csv"
+        "elt: published despite the failure: marts/station_daily.csv, "
+        "marts/station_daily/_manifest.json, marts/turnstile_daily.csv, "
+        "marts/turnstile_daily/_manifest.json"
     ]
     assert b",2024-04-01," in fresh.get("marts/turnstile_daily.csv")
     receipt = fresh.query("select receipt from elt.runs order by started_at desc limit 1")[0][0]
