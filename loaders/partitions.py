@@ -266,7 +266,8 @@ def compose(
     Each part's bytes after its header are a range of its object: a range of
     at least 5 MiB is copied by the server (UploadPartCopy); smaller ones are
     read (from the candidate folder when the part was just exported, else
-    from S3) and merged until they reach 5 MiB. A whole file under 10 MiB is
+    from S3) and merged, topped up to 5 MiB from the head of the next range,
+    whose rest is copied when it is 5 MiB or more (or the last). A whole file under 10 MiB is
     simply assembled and sent in one PUT.
 
     Returns:
@@ -294,32 +295,48 @@ def compose(
     uploaded = 0
     pending = bytearray()
     try:
+
+        def copy(part: Part, first: int, end: int) -> None:
+            copied = client.upload_part_copy(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload,
+                PartNumber=len(sent) + 1,
+                CopySource={"Bucket": bucket, "Key": part.key},
+                CopySourceIfMatch=part.etag,
+                CopySourceRange=f"bytes={first}-{end - 1}",
+            )
+            sent.append({"PartNumber": len(sent) + 1, "ETag": copied["CopyPartResult"]["ETag"]})
+
+        def flush() -> int:
+            response = client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload,
+                PartNumber=len(sent) + 1,
+                Body=bytes(pending),
+            )
+            sent.append({"PartNumber": len(sent) + 1, "ETag": response["ETag"]})
+            size = len(pending)
+            pending.clear()
+            return size
+
         for index, (part, start, end) in enumerate(ranges):
             last = index == len(ranges) - 1
-            if not pending and (end - start >= MIN_PART_BYTES or last):
-                copied = client.upload_part_copy(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload,
-                    PartNumber=len(sent) + 1,
-                    CopySource={"Bucket": bucket, "Key": part.key},
-                    CopySourceIfMatch=part.etag,
-                    CopySourceRange=f"bytes={start}-{end - 1}",
-                )
-                sent.append({"PartNumber": len(sent) + 1, "ETag": copied["CopyPartResult"]["ETag"]})
-                continue
-            pending += _read(client, bucket, part, folder, start, end)
-            if len(pending) >= MIN_PART_BYTES or last:
-                response = client.upload_part(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload,
-                    PartNumber=len(sent) + 1,
-                    Body=bytes(pending),
-                )
-                sent.append({"PartNumber": len(sent) + 1, "ETag": response["ETag"]})
-                uploaded += len(pending)
-                pending.clear()
+            if pending:
+                # Small parts before this one: top them up to 5 MiB from its head.
+                take = min(MIN_PART_BYTES - len(pending), end - start)
+                pending += _read(client, bucket, part, folder, start, start + take)
+                start += take
+                if len(pending) >= MIN_PART_BYTES:
+                    uploaded += flush()
+            if start < end:
+                if not pending and (end - start >= MIN_PART_BYTES or last):
+                    copy(part, start, end)  # the server copies it: not sent
+                else:
+                    pending += _read(client, bucket, part, folder, start, end)
+            if pending and (last or len(pending) >= MIN_PART_BYTES):
+                uploaded += flush()
         done = client.complete_multipart_upload(
             Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": sent}
         )
