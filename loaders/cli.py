@@ -124,7 +124,7 @@ def upload(
 def _progress() -> Iterator[pipeline.OnObject]:
     """A byte progress bar per object on a terminal; plain log lines otherwise."""
     if not err.is_terminal:
-        yield lambda obj: None  # land.py logs each object as it finishes
+        yield lambda obj: None  # loaders.land logs each object as it finishes
         return
     columns = (
         TextColumn("{task.description}"),

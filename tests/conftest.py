@@ -149,6 +149,75 @@ def project_copy(target: Path) -> Path:
     return target
 
 
+COUNTS_SOURCE = """\
+version: 2
+
+sources:
+  - name: tally
+    description: A second dataset, with a mart of its own.
+    schema: raw
+    tables:
+      - name: counts
+        description: Name and count pairs.
+        meta:
+          elt:
+            required_columns: [name, n]
+        columns:
+          - name: name
+            description: A name.
+          - name: n
+            description: A count.
+            data_type: bigint
+"""
+
+COUNTS_MART = """\
+select
+    name,
+    sum(cast(n as bigint)) as total,
+from {{ source('tally', 'counts') }}
+group by name
+"""
+
+COUNTS_MODELS = """\
+version: 2
+
+models:
+  - name: counts_total
+    description: Total per name.
+    config:
+      materialized: table
+      meta:
+        export: csv
+        primary_key: [name]
+    columns:
+      - name: name
+        description: The name.
+        data_tests: [unique, not_null]
+      - name: total
+        description: Sum of n.
+"""
+
+
+def with_counts_dataset(target: Path, contracted: bool = True) -> Path:
+    """A copy of the project with a second dataset, ``counts`` (``raw/counts/``), and its mart.
+
+    ``contracted=False`` leaves ``n`` without its ``data_type``: the loader
+    then lands any text, and the mart's cast can fail on data.
+    """
+    copy = project_copy(target)
+    source = (
+        COUNTS_SOURCE
+        if contracted
+        else COUNTS_SOURCE.replace("            data_type: bigint\n", "")
+    )
+    (copy / "models" / "staging" / "tally").mkdir()
+    (copy / "models" / "staging" / "tally" / "_tally__sources.yml").write_text(source)
+    (copy / "models" / "marts" / "tally").mkdir()
+    (copy / "models" / "marts" / "tally" / "counts_total.sql").write_text(COUNTS_MART)
+    (copy / "models" / "marts" / "tally" / "_tally__models.yml").write_text(COUNTS_MODELS)
+    return copy
+
+
 def started(home: Path) -> Elt:
     elt = Elt(home)
     elt.run("up")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from loaders.datasets import normalise_name
-from tests.conftest import SAMPLE_WEEKS, Elt, project_copy, week_csv
+from tests.conftest import SAMPLE_WEEKS, Elt, project_copy, week_csv, with_counts_dataset
 from tests.test_contract import HOSTILE, TYPED
 
 MARTS = ("turnstile_daily", "station_daily")
@@ -195,63 +195,11 @@ def test_rows_landed_under_an_older_contract_are_checked_again(fresh: Elt, tmp_p
     assert "contract of turnstile changed" not in again.stderr
 
 
-BROKEN_SOURCE = """\
-version: 2
-
-sources:
-  - name: tally
-    description: A second dataset whose mart casts a column no contract covers.
-    schema: raw
-    tables:
-      - name: counts
-        description: Name and count pairs.
-        meta:
-          elt:
-            required_columns: [name, n]
-        columns:
-          - name: name
-            description: A name.
-          - name: n
-            description: A count, as text.
-"""
-
-BROKEN_MART = """\
-select
-    name,
-    sum(cast(n as bigint)) as total,
-from {{ source('tally', 'counts') }}
-group by name
-"""
-
-BROKEN_MODELS = """\
-version: 2
-
-models:
-  - name: counts_total
-    description: Total per name.
-    config:
-      materialized: table
-      meta:
-        export: csv
-        primary_key: [name]
-    columns:
-      - name: name
-        description: The name.
-      - name: total
-        description: Sum of n.
-"""
-
-
 def test_a_model_failing_on_data_names_itself_and_other_datasets_still_publish(
     fresh: Elt, tmp_path: Path
 ) -> None:
     # GIVEN a second dataset whose mart casts text no contract checks, and a turnstile week
-    project = project_copy(tmp_path / "project")
-    (project / "models" / "staging" / "tally").mkdir()
-    (project / "models" / "staging" / "tally" / "_tally__sources.yml").write_text(BROKEN_SOURCE)
-    (project / "models" / "marts" / "tally").mkdir()
-    (project / "models" / "marts" / "tally" / "counts_total.sql").write_text(BROKEN_MART)
-    (project / "models" / "marts" / "tally" / "_tally__models.yml").write_text(BROKEN_MODELS)
+    project = with_counts_dataset(tmp_path / "project", contracted=False)
     fresh.put("raw/counts/c.csv", b"name,n\nx,1\ny,ten\n")
     fresh.put("raw/turnstile/w.csv", week_csv(3, day="04/01/2024"))
     # WHEN run

@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from loaders import local_s3
-from tests.conftest import BIN, SAMPLE_WEEKS, Elt, project_copy, started, week_csv
+from tests.conftest import BIN, SAMPLE_WEEKS, Elt, started, week_csv, with_counts_dataset
 
 INTERVAL_S = 3.0
 SETTLE_S = 1.0
@@ -27,64 +27,10 @@ LATENCY_BUDGET_S = INTERVAL_S + 15.0
 # Beyond its run: one listing, the receipt, the child process's start (Python, imports).
 REACTION_BUDGET_S = 6.0
 
-COUNTS_SOURCE = """\
-version: 2
-
-sources:
-  - name: tally
-    description: A second dataset, to check that a watch run builds only what changed.
-    schema: raw
-    tables:
-      - name: counts
-        description: Name and count pairs.
-        meta:
-          elt:
-            required_columns: [name, n]
-        columns:
-          - name: name
-            description: A name.
-          - name: n
-            description: A count.
-            data_type: bigint
-"""
-
-COUNTS_MART = """\
-select
-    name,
-    sum(cast(n as bigint)) as total,
-from {{ source('tally', 'counts') }}
-group by name
-"""
-
-COUNTS_MODELS = """\
-version: 2
-
-models:
-  - name: counts_total
-    description: Total per name.
-    config:
-      materialized: table
-      meta:
-        export: csv
-        primary_key: [name]
-    columns:
-      - name: name
-        description: The name.
-        data_tests: [unique, not_null]
-      - name: total
-        description: Sum of n.
-"""
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    copy = project_copy(tmp_path_factory.mktemp("watch") / "project")
-    (copy / "models" / "staging" / "tally").mkdir()
-    (copy / "models" / "staging" / "tally" / "_tally__sources.yml").write_text(COUNTS_SOURCE)
-    (copy / "models" / "marts" / "tally").mkdir()
-    (copy / "models" / "marts" / "tally" / "counts_total.sql").write_text(COUNTS_MART)
-    (copy / "models" / "marts" / "tally" / "_tally__models.yml").write_text(COUNTS_MODELS)
-    return copy
+    return with_counts_dataset(tmp_path_factory.mktemp("watch") / "project")
 
 
 @pytest.fixture(scope="module")
