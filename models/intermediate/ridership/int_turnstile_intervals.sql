@@ -17,6 +17,11 @@ readings as (
 
 {% if is_incremental() %}
 
+{#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
+{%- set bounds = incremental_bounds(
+    ref('int_turnstile_readings_deduplicated'), '_loaded_at', 'reading_at', 'timestamp'
+) %}
+
 changed_turnstiles as (
 
     -- Per turnstile, the earliest reading that is new (or newly preferred)
@@ -29,10 +34,7 @@ changed_turnstiles as (
     from readings
 
     where
-        _loaded_at > (
-            select coalesce(max(built._loaded_at), cast('-infinity' as timestamptz))
-            from {{ this }} as built
-        )
+        _loaded_at > {{ bounds.since }}
 
     group by turnstile_id
 
@@ -49,10 +51,8 @@ recent_readings as (
     from readings
 
     where
-        reading_at >= (
-            select min(earliest.changed_from) - interval 7 day
-            from changed_turnstiles as earliest
-        )
+        -- bounds.low is the earliest changed_from of all turnstiles.
+        reading_at >= {{ bounds.low }} - interval 7 day
 
 ),
 

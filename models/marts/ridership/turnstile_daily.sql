@@ -17,6 +17,9 @@ intervals as (
 
 {% if is_incremental() %}
 
+{#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
+{%- set bounds = incremental_bounds(ref('int_turnstile_intervals'), '_refreshed_at', 'service_date', 'date') %}
+
 changed_days as (
 
     -- Turnstile days with an interval (re)computed since this model's last build.
@@ -26,10 +29,7 @@ changed_days as (
 
     from intervals
 
-    where _refreshed_at > (
-        select coalesce(max(built._refreshed_at), cast('-infinity' as timestamptz))
-        from {{ this }} as built
-    )
+    where _refreshed_at > {{ bounds.since }}
 
 ),
 
@@ -47,8 +47,8 @@ day_intervals as (
 
     -- The intervals are kept in time order: read only the changed days' span.
     where
-        intervals.service_date >= (select min(bounds.service_date) from changed_days as bounds)
-        and intervals.service_date <= (select max(bounds.service_date) from changed_days as bounds)
+        intervals.service_date >= {{ bounds.low }}
+        and intervals.service_date <= {{ bounds.high }}
 
 ),
 

@@ -1,0 +1,54 @@
+{% macro incremental_bounds(upstream, changed_column, span_column, span_type) %}
+    {#-
+        The bounds an incremental model's run reads, as constants of its SQL.
+
+        since: the newest `changed_column` (a timestamptz) in {{ this }}; the
+        upstream rows after it are what changed. low / high: the oldest and
+        newest `span_column` (of SQL type `span_type`) of those rows.
+
+        DuckDB skips a table's row groups by a constant compared with their
+        min/max, but a bound given as a scalar subquery is only known while the
+        scan runs, so every row of the history is read (`explain analyze` of
+        turnstile_daily's incremental select at 32 weeks: 8.3M rows scanned
+        three times with subqueries, 0.25M with constants). Both tables are
+        kept in time order, so constants let a run read about what changed.
+
+        The lookups run before the model's statement, in the same build. When
+        nothing is being executed (parsing) and in dbt unit tests (whose
+        relations are fixtures inside the statement), the same bounds are
+        rendered as the scalar subqueries they replace.
+
+        Returns: a dict of SQL expressions {since, low, high}.
+    -#}
+    {%- set since_sql -%}
+        select coalesce(max(built.{{ changed_column }}), cast('-infinity' as timestamptz))
+        from {{ this }} as built
+    {%- endset -%}
+    {%- if not execute or model.resource_type == 'unit_test' -%}
+        {%- set changed -%}
+            (select * from {{ upstream }} where {{ changed_column }} > ({{ since_sql }}))
+        {%- endset -%}
+        {{ return({
+            'since': '(' ~ since_sql ~ ')',
+            'low': '(select min(span.' ~ span_column ~ ') from ' ~ changed ~ ' as span)',
+            'high': '(select max(span.' ~ span_column ~ ') from ' ~ changed ~ ' as span)',
+        }) }}
+    {%- endif -%}
+    {#- As text: a timestamptz printed by DuckDB reads back to the same microsecond. -#}
+    {%- set since = run_query('select cast((' ~ since_sql ~ ') as varchar)').columns[0].values()[0] -%}
+    {%- set since_literal = "cast('" ~ since ~ "' as timestamptz)" -%}
+    {%- set span_sql -%}
+        select
+            cast(min({{ span_column }}) as varchar),
+            cast(max({{ span_column }}) as varchar)
+        from {{ upstream }}
+        where {{ changed_column }} > {{ since_literal }}
+    {%- endset -%}
+    {%- set span = run_query(span_sql).rows[0] -%}
+    {#- Nothing changed: null bounds, which no row is between. -#}
+    {{ return({
+        'since': since_literal,
+        'low': "cast('" ~ span[0] ~ "' as " ~ span_type ~ ")" if span[0] is not none else 'null',
+        'high': "cast('" ~ span[1] ~ "' as " ~ span_type ~ ")" if span[1] is not none else 'null',
+    }) }}
+{% endmacro %}
