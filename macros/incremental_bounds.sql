@@ -45,10 +45,12 @@
         where {{ changed_column }} > {{ since_literal }}
     {%- endset -%}
     {%- set span = run_query(span_sql).rows[0] -%}
-    {#- Nothing changed: null bounds, which no row is between. -#}
+    {#- Nothing changed: typed null bounds, which no row is between. -#}
+    {%- set low = "'" ~ span[0] ~ "'" if span[0] is not none else 'null' -%}
+    {%- set high = "'" ~ span[1] ~ "'" if span[1] is not none else 'null' -%}
     {{ return({
         'since': since_literal,
-        'low': "cast('" ~ span[0] ~ "' as " ~ span_type ~ ")" if span[0] is not none else 'null',
-        'high': "cast('" ~ span[1] ~ "' as " ~ span_type ~ ")" if span[1] is not none else 'null',
+        'low': 'cast(' ~ low ~ ' as ' ~ span_type ~ ')',
+        'high': 'cast(' ~ high ~ ' as ' ~ span_type ~ ')',
     }) }}
 {% endmacro %}
