@@ -258,6 +258,25 @@ def landing_pairs(scale: Scale, repeat: int) -> list[Record]:
     ]
 
 
+def pipeline_record(
+    n: int,
+    method: str,
+    runs: list[Measured],
+    readings: int,
+    splits: list[dict[str, float]],
+    uploaded: list[int],
+) -> Record:
+    """The record of ``elt run`` measured as ``runs``.
+
+    Adds the medians of its receipts' step timings (``splits``, seconds)
+    and of the bytes it sent (``uploaded``).
+    """
+    split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
+    return summarise(
+        n, method, runs, readings, split_s=split, uploaded_bytes=int(statistics.median(uploaded))
+    )
+
+
 def bench_scale(
     root: Path,
     weeks: list[Path],
@@ -288,17 +307,7 @@ def bench_scale(
             uploaded.append(receipt.get("uploaded_bytes", 0))
         readings = sum(o["rows_loaded"] for o in receipt["objects"])
         pipeline_csv = scale.get("marts/turnstile_daily.csv")
-        split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
-        records.append(
-            summarise(
-                n,
-                "pipeline_cold",
-                cold,
-                readings,
-                split_s=split,
-                uploaded_bytes=int(statistics.median(uploaded)),
-            )
-        )
+        records.append(pipeline_record(n, "pipeline_cold", cold, readings, splits, uploaded))
         print(records[-1], flush=True)
         keep(records)
 
@@ -317,16 +326,8 @@ def bench_scale(
                     shutil.copy(log, LOGS.parent / f"dbt-steady-{n}.log")
                     log.unlink()
             week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
-            split = {k: round(statistics.median(s[k] for s in splits), 2) for k in splits[0]}
             records.append(
-                summarise(
-                    n,
-                    "pipeline_steady",
-                    steady,
-                    week_rows,
-                    split_s=split,
-                    uploaded_bytes=int(statistics.median(uploaded)),
-                )
+                pipeline_record(n, "pipeline_steady", steady, week_rows, splits, uploaded)
             )
             print(records[-1], flush=True)
             keep(records)
