@@ -8,10 +8,9 @@
 
         DuckDB skips a table's row groups by a constant compared with their
         min/max, but a bound given as a scalar subquery is only known while the
-        scan runs, so every row of the history is read (`explain analyze` of
-        turnstile_daily's incremental select at 32 weeks: 8.3M rows scanned
-        three times with subqueries, 0.25M with constants). Both tables are
-        kept in time order, so constants let a run read about what changed.
+        scan runs, so every row of the history is read (the measured figures
+        are in the README's Benchmarks section). Both tables are kept in time
+        order, so constants let a run read about what changed.
 
         The lookups run before the model's statement, in the same build. When
         nothing is being executed (parsing) and in dbt unit tests (whose
