@@ -7,8 +7,6 @@ import io
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import HEADER, Elt, project_copy, week_csv
 
 TEXT_COLUMNS = (
@@ -54,32 +52,33 @@ def test_empty_mart_publishes_a_header_only_csv(elt: Elt) -> None:
     assert staged_candidates(elt) == []
 
 
-@pytest.mark.parametrize(
-    ("day", "cell", "exported"),
-    [
-        ("02/01/2024", '"=HYPERLINK(""http://x"")"', '\'=HYPERLINK("http://x")'),
-        ("02/02/2024", "+1 ST", "'+1 ST"),
-        ("02/03/2024", "-1 ST", "'-1 ST"),
-        ("02/04/2024", "@HOME", "'@HOME"),
-        ("02/05/2024", '"\tTAB ST"', "'\tTAB ST"),
-        ("02/06/2024", "59 ST", "59 ST"),
-    ],
-    ids=["formula", "plus", "minus", "at", "tab", "plain"],
-)
-def test_formula_like_text_is_escaped_numbers_untouched(
-    elt: Elt, day: str, cell: str, exported: str
-) -> None:
-    # GIVEN a station name a spreadsheet would run, as written in the file, on a day of its own
-    key = f"raw/turnstile/1{day.replace('/', '')}_formula.csv"
-    elt.put(key, week_csv(3, day=day, station=cell, start=5000))
-    # WHEN published
+# A station name a spreadsheet would run, as written in the file, and as exported;
+# each on a day of its own.
+FORMULA_LIKE = {
+    "formula": ("02/01/2024", '"=HYPERLINK(""http://x"")"', '\'=HYPERLINK("http://x")'),
+    "plus": ("02/02/2024", "+1 ST", "'+1 ST"),
+    "minus": ("02/03/2024", "-1 ST", "'-1 ST"),
+    "at": ("02/04/2024", "@HOME", "'@HOME"),
+    "tab": ("02/05/2024", '"\tTAB ST"', "'\tTAB ST"),
+    "plain": ("02/06/2024", "59 ST", "59 ST"),
+}
+
+
+def test_formula_like_text_is_escaped_numbers_untouched(elt: Elt) -> None:
+    # GIVEN each formula-like station name in a file of its own, on a day of its own
+    for case, (day, cell, _) in FORMULA_LIKE.items():
+        key = f"raw/turnstile/1{day.replace('/', '')}_{case}.csv"
+        elt.put(key, week_csv(3, day=day, station=cell, start=5000))
+    # WHEN published (one run: each case is its own day, so none masks another)
     elt.run("run")
     rows = list(csv.DictReader(io.StringIO(elt.download_mart("turnstile_daily").decode())))
-    # THEN the name is kept behind a quote, every text cell is safe, numbers as they were
-    month, date_of_month, year = day.split("/")
-    (row,) = [r for r in rows if r["service_date"] == f"{year}-{month}-{date_of_month}"]
-    assert row["station"] == exported
-    assert (row["readings"], row["exits"]) == ("3", "0")
+    # THEN each name is kept behind a quote, numbers as they were
+    for case, (day, _, exported) in FORMULA_LIKE.items():
+        month, date_of_month, year = day.split("/")
+        (row,) = [r for r in rows if r["service_date"] == f"{year}-{month}-{date_of_month}"]
+        assert row["station"] == exported, case
+        assert (row["readings"], row["exits"]) == ("3", "0"), case
+    # AND every text cell of the mart is safe
     for any_row in rows:
         for column in TEXT_COLUMNS:
             assert not any_row[column].startswith(("=", "+", "-", "@", "\t", "\r")), any_row
