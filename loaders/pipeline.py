@@ -8,6 +8,7 @@ leaves a receipt (:mod:`loaders.receipts`) in ``elt.runs`` and at
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -179,7 +180,7 @@ def dbt(settings: Settings, args: list[str]) -> Any:
         str(settings.home / "target"),
         "--no-use-colors",
     ]
-    _forget_parse_of_another_project(settings)
+    _use_parse_of_this_project(settings)
     with _environment(settings.dbt_env()):
         try:
             return dbtRunner(callbacks=[logs.dbt_event]).invoke(argv)
@@ -187,22 +188,45 @@ def dbt(settings: Settings, args: list[str]) -> Any:
             _close_dbt_warehouse()
 
 
-def _forget_parse_of_another_project(settings: Settings) -> None:
-    """Drop dbt's saved parse in ``$ELT_HOME/target`` when it was made for another project.
+# Saved parses kept for project folders other than the one running (an edited
+# copy, say): switching back reparses only what changed, not everything.
+_KEPT_PARSES = 4
+
+
+def _use_parse_of_this_project(settings: Settings) -> None:
+    """Put in ``$ELT_HOME/target`` dbt's saved parse of this project folder, if one was kept.
 
     One ELT_HOME can be run with two project folders (a copy being edited,
     say); dbt's partial parsing compares files by their path in the project,
-    and was seen keeping the other folder's source columns. A parse is only
-    reused by the project that made it.
+    and was seen keeping the other folder's source columns. So a parse is
+    only reused by the project that made it: ``target/partial_parse.msgpack``
+    is the parse of the folder named in ``target/elt_project_dir``; the parse
+    of a folder run before waits in ``target/parses/<digest of its path>.msgpack``
+    (the last ``_KEPT_PARSES`` of them) until that folder runs again.
     """
     target = settings.home / "target"
     marker = target / "elt_project_dir"
     project = str(settings.project_dir.resolve())
-    if marker.exists() and marker.read_text() == project:
+    previous = marker.read_text() if marker.exists() else None
+    if previous == project:
         return
-    (target / "partial_parse.msgpack").unlink(missing_ok=True)
-    target.mkdir(parents=True, exist_ok=True)
+    current = target / "partial_parse.msgpack"
+    kept = target / "parses"
+    kept.mkdir(parents=True, exist_ok=True)
+    if previous is not None and current.exists():
+        current.replace(kept / f"{_path_digest(previous)}.msgpack")
+    saved = kept / f"{_path_digest(project)}.msgpack"
+    if saved.exists():
+        saved.replace(current)
+    else:
+        current.unlink(missing_ok=True)
+    for old in sorted(kept.glob("*.msgpack"), key=lambda p: p.stat().st_mtime)[:-_KEPT_PARSES]:
+        old.unlink(missing_ok=True)
     marker.write_text(project)
+
+
+def _path_digest(path: str) -> str:
+    return hashlib.sha256(path.encode()).hexdigest()[:16]
 
 
 def _close_dbt_warehouse() -> None:

@@ -236,15 +236,16 @@ def elt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
 # The longest modules first: a worker each (pytest-xdist, --dist loadscope)
 # starts with them, and the short ones fill in, so no long module runs last alone.
 LONGEST_FIRST = (
-    "test_big_file.py",
-    "test_incremental.py",
-    "test_faults.py",
-    "test_land.py",
-    "test_watch.py",
-    "test_publish.py",
     "test_crash.py",
+    "test_publish.py",
+    "test_watch.py",
+    "test_partitions.py",
+    "test_faults.py",
     "test_quarantine.py",
+    "test_incremental.py",
     "test_end_to_end.py",
+    "test_land.py",
+    "test_big_file.py",
 )
 
 

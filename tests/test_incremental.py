@@ -3,10 +3,16 @@
 Three consecutive weeks: the two real ones and a third made by shifting the
 first one two weeks on. Loaded 3, 1, 2 one run at a time; all at once; and
 rebuilt with --full-refresh: the exported CSVs must match byte for byte.
+
+The weeks keep the real files' lines of control areas A to G only: 758
+turnstiles at 69 stations, their duplicates and RECOVR AUD readings as they
+came (15% of the rows). Equality does not depend on how many turnstiles there
+are; each run then costs what dbt costs, not what 250,000 rows a week cost.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +27,20 @@ MARTS = ("turnstile_daily", "station_daily")
 HEADER = ",CA,UNIT,SCP,STATION,LINENAME,DIVISION,DATE,TIME,DESC,ENTRIES,EXITS\n"
 
 
+def control_areas_a_to_g(week: Path, target: Path) -> Path:
+    """``week``'s header and its lines of control areas A.. to G.., byte for byte, gzipped."""
+    sliced = target / week.name
+    with gzip.open(week, "rb") as source, gzip.open(sliced, "wb") as out:
+        out.write(source.readline())
+        out.writelines(line for line in source if line.split(b",", 2)[1] < b"H")
+    return sliced
+
+
 @pytest.fixture(scope="module")
 def weeks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return series(SAMPLE_WEEKS, 3, tmp_path_factory.mktemp("weeks"))
+    real = tmp_path_factory.mktemp("real_weeks")
+    sliced = [control_areas_a_to_g(week, real) for week in SAMPLE_WEEKS]
+    return series(sliced, 3, tmp_path_factory.mktemp("weeks"))
 
 
 @pytest.fixture(scope="module")
