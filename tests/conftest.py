@@ -1,15 +1,22 @@
 """Fixtures: state directories with a real local S3 server (SeaweedFS).
 
 Each ``Elt`` is one ``$ELT_HOME``: its own DuckDB file and its own server on
-its own ports. The CLI runs as a subprocess, as a user would run it.
+its own ports. A command runs the CLI's own entry point (the Typer app) with
+the user's arguments and environment, in the test process: importing Python,
+boto3 and dbt again for each of the suite's few hundred commands cost about a
+third of its time. A command that is to crash or pause itself (fault
+injection), and any test that starts a long-lived ``elt`` (``watch``,
+``serve``, a run another process waits for), runs a real subprocess.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,14 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
-from loaders import local_s3, warehouse
+from loaders import cli, local_s3, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings, load_settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SAMPLE_WEEKS = sorted((PROJECT / "data" / "turnstile").glob("*.csv.gz"))
+
+# Commands run as a real process: they kill or pause themselves (loaders/faults.py),
+# or never end on their own.
+SUBPROCESS_ENV = ("ELT_KILL_AT", "ELT_PAUSE_AT")
+SUBPROCESS_COMMANDS = ("watch", "serve")
 
 
 @dataclass
@@ -43,18 +56,53 @@ class Elt:
     def run(
         self, *args: str, check: bool = True, **extra_env: str
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``elt ARGS`` and return the finished process (text output)."""
-        proc = subprocess.run(
-            [str(BIN / "elt"), *args],
-            cwd=PROJECT,
-            env=self.env(**extra_env),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        """Run ``elt ARGS`` and return the finished command (exit code, text output).
+
+        In the test process unless the command must be a process of its own
+        (``SUBPROCESS_ENV``, ``SUBPROCESS_COMMANDS``); see the module docstring.
+        """
+        if set(extra_env) & set(SUBPROCESS_ENV) or set(args) & set(SUBPROCESS_COMMANDS):
+            proc = subprocess.run(
+                [str(BIN / "elt"), *args],
+                cwd=PROJECT,
+                env=self.env(**extra_env),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        else:
+            proc = self._invoke(args, self.env(**extra_env))
         if check and proc.returncode != 0:
             raise AssertionError(self.failure_report(args, proc))
         return proc
+
+    @staticmethod
+    def _invoke(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """``elt ARGS`` through the Typer app, with ``env`` as the whole environment.
+
+        Restores the environment, the working directory and the root logger
+        (``elt`` points it at the command's stderr) afterwards. An exception
+        the CLI does not handle exits 1 with its traceback on stderr, as the
+        ``elt`` process would.
+        """
+        saved_env, saved_cwd = dict(os.environ), os.getcwd()
+        root = logging.getLogger()
+        saved_handlers, saved_level = root.handlers[:], root.level
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(PROJECT)
+        try:
+            result = CliRunner().invoke(cli.app, list(args))
+        finally:
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            root.handlers[:] = saved_handlers
+            root.setLevel(saved_level)
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(result.exception))
+        return subprocess.CompletedProcess(["elt", *args], result.exit_code, result.stdout, stderr)
 
     def failure_report(self, args: tuple[str, ...], proc: subprocess.CompletedProcess[str]) -> str:
         """What a developer needs to act on a failed command: the command, its exit
