@@ -35,102 +35,113 @@ changed_turnstiles as (
 
     where
         _loaded_at > {{ bounds.since }}
+        -- The same rows; as a constant it skips the history's row groups.
+        and reading_at >= {{ bounds.low }}
 
     group by turnstile_id
 
 ),
 
-recent_readings as (
+built as (
 
-    -- Readings of the week before the earliest change, where nearly every
-    -- anchor is: the join below then never touches older history.
+    -- Every deduplicated reading as of this model's last build (one row each
+    -- here): the readings before a turnstile's change are the same in both.
     select
         turnstile_id,
-        reading_at
+        reading_at,
+        cumulative_entries,
+        cumulative_exits
 
-    from readings
-
-    where
-        -- bounds.low is the earliest changed_from of all turnstiles.
-        reading_at >= {{ bounds.low }} - interval 7 day
+    from {{ this }}
 
 ),
 
 recent_anchors as (
 
-    -- The reading just before each change, if it is at most a week older.
+    -- The reading just before each change, where nearly every one is: from
+    -- the week before the earliest change to the latest change (row groups
+    -- outside that span are skipped).
     select
         changed_turnstiles.turnstile_id,
-        changed_turnstiles.changed_from,
-        max(recent_readings.reading_at) as anchor_at
+        max(built.reading_at) as anchor_at,
+        arg_max(built.cumulative_entries, built.reading_at) as anchor_entries,
+        arg_max(built.cumulative_exits, built.reading_at) as anchor_exits
 
     from changed_turnstiles
 
-    left join recent_readings
+    inner join built
         on
-            changed_turnstiles.turnstile_id = recent_readings.turnstile_id
-            and changed_turnstiles.changed_from > recent_readings.reading_at
-            and changed_turnstiles.changed_from - interval 7 day <= recent_readings.reading_at
+            changed_turnstiles.turnstile_id = built.turnstile_id
+            and changed_turnstiles.changed_from > built.reading_at
 
-    group by changed_turnstiles.turnstile_id, changed_turnstiles.changed_from
+    where
+        built.reading_at >= {{ bounds.low }} - interval 7 day
+        and built.reading_at < {{ bounds.high }}
+
+    group by changed_turnstiles.turnstile_id
 
 ),
 
 older_anchors as (
 
-    -- Turnstiles silent for that week (or new): search their whole history.
+    -- Turnstiles with no reading in that span before their change (silent
+    -- for over a week, or new): the rest of their history. These are a few,
+    -- and DuckDB filters the scan by the join's keys (none: no scan at all).
     select
-        recent_anchors.turnstile_id,
-        max(readings.reading_at) as anchor_at
+        changed_turnstiles.turnstile_id,
+        max(built.reading_at) as anchor_at,
+        arg_max(built.cumulative_entries, built.reading_at) as anchor_entries,
+        arg_max(built.cumulative_exits, built.reading_at) as anchor_exits
 
-    from recent_anchors
+    from changed_turnstiles
 
-    inner join readings
+    anti join recent_anchors
+        on changed_turnstiles.turnstile_id = recent_anchors.turnstile_id
+
+    inner join built
         on
-            recent_anchors.turnstile_id = readings.turnstile_id
-            and recent_anchors.changed_from > readings.reading_at
+            changed_turnstiles.turnstile_id = built.turnstile_id
+            and changed_turnstiles.changed_from > built.reading_at
 
-    where recent_anchors.anchor_at is null
+    where built.reading_at < {{ bounds.low }} - interval 7 day
 
-    group by recent_anchors.turnstile_id
+    group by changed_turnstiles.turnstile_id
 
 ),
 
 anchors as (
 
-    -- The reading just before the change: the first recomputed delta diffs
-    -- against it. In-order weeks cost one extra reading per turnstile.
-    select
-        recent_anchors.turnstile_id,
-        recent_anchors.changed_from,
-        coalesce(recent_anchors.anchor_at, older_anchors.anchor_at) as anchor_at
+    -- The reading just before the change, which the first recomputed delta
+    -- diffs against (none for a new turnstile). Only its values are used.
+    select * from recent_anchors
 
-    from recent_anchors
+    union all
 
-    left join older_anchors
-        on recent_anchors.turnstile_id = older_anchors.turnstile_id
+    select * from older_anchors
 
 ),
 
 window_input as (
 
+    -- The readings to recompute: each changed turnstile's from its change on.
     select
         readings.*,
-        anchors.changed_from
+        anchors.anchor_at,
+        anchors.anchor_entries,
+        anchors.anchor_exits
 
     from readings
 
-    inner join anchors
+    inner join changed_turnstiles
         on
-            readings.turnstile_id = anchors.turnstile_id
-            and readings.reading_at >= coalesce(anchors.anchor_at, anchors.changed_from)
+            readings.turnstile_id = changed_turnstiles.turnstile_id
+            and readings.reading_at >= changed_turnstiles.changed_from
 
-    -- Cheap prefilter before the join: nothing older than the oldest anchor.
-    where
-        readings.reading_at >= (
-            select min(coalesce(oldest.anchor_at, oldest.changed_from))
-            from anchors as oldest
-        )
+    left join anchors
+        on readings.turnstile_id = anchors.turnstile_id
+
+    -- The same rows; as a constant it skips the history's row groups.
+    where readings.reading_at >= {{ bounds.low }}
 
 ),
 
@@ -140,7 +151,9 @@ window_input as (
 
     select
         *,
-        cast(null as timestamp) as changed_from
+        cast(null as timestamp) as anchor_at,
+        cast(null as bigint) as anchor_entries,
+        cast(null as bigint) as anchor_exits
 
     from readings
 
@@ -152,9 +165,16 @@ with_previous as (
 
     select
         *,
-        lag(reading_at) over turnstile_history as previous_reading_at,
-        lag(cumulative_entries) over turnstile_history as previous_entries,
-        lag(cumulative_exits) over turnstile_history as previous_exits
+        -- A turnstile's first recomputed reading diffs against its anchor.
+        coalesce(lag(reading_at) over turnstile_history, anchor_at) as previous_reading_at,
+        case
+            when lag(reading_at) over turnstile_history is null then anchor_entries
+            else lag(cumulative_entries) over turnstile_history
+        end as previous_entries,
+        case
+            when lag(reading_at) over turnstile_history is null then anchor_exits
+            else lag(cumulative_exits) over turnstile_history
+        end as previous_exits
 
     from window_input
 
@@ -181,16 +201,13 @@ deltas as (
 flagged as (
 
     select
-        * exclude (changed_from),
+        * exclude (anchor_at, anchor_entries, anchor_exits),
         coalesce(entries_delta > {{ var('anomaly_threshold') }}, false) as is_entries_anomaly,
         coalesce(exits_delta > {{ var('anomaly_threshold') }}, false) as is_exits_anomaly,
         -- When this row was (re)computed: downstream models rebuild the days it touches.
         cast('{{ run_started_at }}' as timestamptz) as _refreshed_at
 
     from deltas
-
-    -- The anchor reading itself is not recomputed, only used.
-    where changed_from is null or reading_at >= changed_from
 
 )
 
