@@ -18,6 +18,7 @@ from pathlib import Path
 # "12:00:01.123456 [debug] [Thread-1 (]: On model.elt.x: /* {...} */ create ..."
 _LINE = re.compile(r"^\S+\s+\[\w+\s*\]\s+\[(?P<thread>[^\]]*)\]: (?P<text>.*)$")
 _STATEMENT = re.compile(r"^On (?P<node>[\w.]+): (?P<sql>.*)$")
+_INVOCATION = "]: Running with dbt="
 _STATUS = re.compile(r"^SQL status: .* in (?P<seconds>[0-9.]+) seconds$")
 
 
@@ -31,16 +32,19 @@ class Statement:
 
 
 def statements(log: Path) -> list[Statement]:
-    """Every timed statement of ``log`` (a dbt debug log), in the order they ended.
+    """Every timed statement of the last dbt invocation in ``log`` (a dbt debug
+    log, which dbt appends to), in the order they ended.
 
     Returns:
         One :class:`Statement` per ``SQL status`` line that follows an ``On
         <node>:`` line of the same thread; SQL squeezed to one line.
     """
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, raw in enumerate(lines) if _INVOCATION in raw]
     started: dict[str, tuple[str, list[str]]] = {}
     found: list[Statement] = []
     current: list[str] | None = None
-    for raw in log.read_text(errors="replace").splitlines():
+    for raw in lines[starts[-1] if starts else 0 :]:
         line = _LINE.match(raw)
         if line is None:
             if current is not None:  # a statement's SQL continues over lines

@@ -10,8 +10,13 @@ from bench.statements import Statement, statements
 
 pytestmark = pytest.mark.unit
 
-# Lines as dbt 1.11 writes them at --log-level-file debug (two threads interleaved).
+# Lines as dbt 1.11 writes them at --log-level-file debug: two invocations (dbt
+# appends), the second with two threads interleaved.
 LOG = """\
+14:01:00.000000 [info ] [MainThread]: Running with dbt=1.11.16
+14:01:00.100000 [debug] [Thread-1 (]: On model.p.earlier: select 0
+14:01:00.200000 [debug] [Thread-1 (]: SQL status: OK in 0.100 seconds
+14:08:56.000000 [info ] [MainThread]: Running with dbt=1.11.16
 14:08:56.864469 [debug] [Thread-2 (]: On model.p.intervals: /* {"app": "dbt"} */
   create temporary table "t" as (
     select 1
@@ -23,7 +28,9 @@ LOG = """\
 """
 
 
-def test_each_status_is_paired_with_the_statement_of_its_thread(tmp_path: Path) -> None:
+def test_each_status_of_the_last_invocation_is_paired_with_its_threads_statement(
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "dbt.log"
     log.write_text(LOG)
     assert statements(log) == [

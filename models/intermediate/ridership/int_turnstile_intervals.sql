@@ -56,11 +56,25 @@ built as (
 
 ),
 
-recent_anchors as (
+{#-
+    The reading just before each change: searched first from the week before
+    the earliest change to the latest change, where nearly every one is, then
+    in the 8 weeks before that (a turnstile silent for a week or more), then
+    in all older history (a new turnstile, or one back after months). Each
+    search is bounded by constants, so the scan skips the row groups outside
+    its span, and takes only the turnstiles the earlier ones did not find:
+    with none left, DuckDB's hash join reads nothing at all.
+-#}
+{%- set anchor_searches = [
+    {'after': bounds.low ~ ' - interval 7 day', 'before': bounds.high},
+    {'after': bounds.low ~ ' - interval 63 day', 'before': bounds.low ~ ' - interval 7 day'},
+    {'after': none, 'before': bounds.low ~ ' - interval 63 day'},
+] %}
 
-    -- The reading just before each change, where nearly every one is: from
-    -- the week before the earliest change to the latest change (row groups
-    -- outside that span are skipped).
+{% for search in anchor_searches %}
+
+anchors_{{ loop.index }} as (
+
     select
         changed_turnstiles.turnstile_id,
         max(built.reading_at) as anchor_at,
@@ -68,6 +82,11 @@ recent_anchors as (
         arg_max(built.cumulative_exits, built.reading_at) as anchor_exits
 
     from changed_turnstiles
+
+    {% for earlier in range(1, loop.index) %}
+    anti join anchors_{{ earlier }}
+        on changed_turnstiles.turnstile_id = anchors_{{ earlier }}.turnstile_id
+    {% endfor %}
 
     inner join built
         on
@@ -75,49 +94,23 @@ recent_anchors as (
             and changed_turnstiles.changed_from > built.reading_at
 
     where
-        built.reading_at >= {{ bounds.low }} - interval 7 day
-        and built.reading_at < {{ bounds.high }}
+        {% if search.after is not none %}built.reading_at >= {{ search.after }} and {% endif %}
+        built.reading_at < {{ search.before }}
 
     group by changed_turnstiles.turnstile_id
 
 ),
 
-older_anchors as (
-
-    -- Turnstiles with no reading in that span before their change (silent
-    -- for over a week, or new): the rest of their history. These are a few,
-    -- and DuckDB filters the scan by the join's keys (none: no scan at all).
-    select
-        changed_turnstiles.turnstile_id,
-        max(built.reading_at) as anchor_at,
-        arg_max(built.cumulative_entries, built.reading_at) as anchor_entries,
-        arg_max(built.cumulative_exits, built.reading_at) as anchor_exits
-
-    from changed_turnstiles
-
-    anti join recent_anchors
-        on changed_turnstiles.turnstile_id = recent_anchors.turnstile_id
-
-    inner join built
-        on
-            changed_turnstiles.turnstile_id = built.turnstile_id
-            and changed_turnstiles.changed_from > built.reading_at
-
-    where built.reading_at < {{ bounds.low }} - interval 7 day
-
-    group by changed_turnstiles.turnstile_id
-
-),
+{% endfor %}
 
 anchors as (
 
     -- The reading just before the change, which the first recomputed delta
     -- diffs against (none for a new turnstile). Only its values are used.
-    select * from recent_anchors
-
-    union all
-
-    select * from older_anchors
+    {% for search in anchor_searches %}
+    select * from anchors_{{ loop.index }}
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
 
 ),
 
