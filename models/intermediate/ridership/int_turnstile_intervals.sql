@@ -42,20 +42,6 @@ changed_turnstiles as (
 
 ),
 
-built as (
-
-    -- Every deduplicated reading as of this model's last build (one row each
-    -- here): the readings before a turnstile's change are the same in both.
-    select
-        turnstile_id,
-        reading_at,
-        cumulative_entries,
-        cumulative_exits
-
-    from {{ this }}
-
-),
-
 {#-
     The reading just before each change: searched first from the week before
     the earliest change to the latest change, where nearly every one is, then
@@ -88,7 +74,11 @@ anchors_{{ loop.index }} as (
         on changed_turnstiles.turnstile_id = anchors_{{ earlier }}.turnstile_id
     {% endfor %}
 
-    inner join built
+    -- Every deduplicated reading as of this model's last build is one row
+    -- of it: the readings before a turnstile's change are the same in both.
+    -- Read here, not through a CTE: DuckDB would materialise a CTE used by
+    -- each search, with the union of their bounds (all the history).
+    inner join {{ this }} as built
         on
             changed_turnstiles.turnstile_id = built.turnstile_id
             and changed_turnstiles.changed_from > built.reading_at
