@@ -148,16 +148,11 @@ with_previous as (
 
     select
         *,
-        -- A turnstile's first recomputed reading diffs against its anchor.
-        coalesce(lag(reading_at) over turnstile_history, anchor_at) as previous_reading_at,
-        case
-            when lag(reading_at) over turnstile_history is null then anchor_entries
-            else lag(cumulative_entries) over turnstile_history
-        end as previous_entries,
-        case
-            when lag(reading_at) over turnstile_history is null then anchor_exits
-            else lag(cumulative_exits) over turnstile_history
-        end as previous_exits
+        -- A turnstile's first recomputed reading diffs against its anchor
+        -- (lag's default: the value when there is no earlier row).
+        lag(reading_at, 1, anchor_at) over turnstile_history as previous_reading_at,
+        lag(cumulative_entries, 1, anchor_entries) over turnstile_history as previous_entries,
+        lag(cumulative_exits, 1, anchor_exits) over turnstile_history as previous_exits
 
     from window_input
 
