@@ -18,7 +18,9 @@ intervals as (
 {% if is_incremental() %}
 
 {#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
-{%- set bounds = incremental_bounds(ref('int_turnstile_intervals'), '_refreshed_at', 'service_date', 'date') %}
+{%- set bounds = incremental_bounds(
+    ref('int_turnstile_intervals'), '_refreshed_at', 'service_date', 'date'
+) %}
 
 changed_days as (
 
