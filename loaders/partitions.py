@@ -6,21 +6,25 @@ granularity: month}``. Its post-hook (``export_partitions()`` in
 ``<ELT_HOME>/exports/<invocation>/<model>/``, only the partitions whose rows
 changed since the last published manifest (``_refreshed_at`` newer than the
 manifest's ``refreshed_through``, or every partition of a model without it),
-each ``<partition>.csv`` with its header and ordered by the primary key, plus:
+each ``<partition>.csv`` with its header, ordered by the partition column
+and then the primary key (so a part that gains days gains them at its end),
+plus:
 
     _parts.json    one JSON line per exported partition: rows, first and last date
-    _state.json    every live partition, and the model's latest _refreshed_at
+    _state.json    every live partition, the model's latest _refreshed_at, its columns
     _header.csv    the header line alone
 
 If the model and its tests passed, :func:`publish_partitions` (the
 ``on-run-end`` publish) then, in this order:
 
-1. PUTs each exported partition to ``marts/<model>/<partition>.csv`` unless
-   its bytes equal the published part's (a full refresh leaves unchanged
-   months untouched, same ETag);
+1. writes each exported partition to ``marts/<model>/<partition>.csv``
+   unless its bytes equal the published part's (a full refresh leaves
+   unchanged months untouched, same ETag); the head it shares with the
+   published part (compared in 1 MiB blocks, whose digests the manifest
+   keeps) is copied by the server, only the rest is sent;
 2. composes ``marts/<model>.csv``, the parts end to end with one header, on
-   the server (S3 UploadPartCopy of byte ranges); parts under S3's 5 MiB
-   part floor are read and sent as bytes, merged until they reach it;
+   the server (:mod:`loaders.compose`): what the previous whole file already
+   holds is copied from it, the changed ranges from the new parts;
 3. PUTs ``marts/<model>/_manifest.json``, the entry point: every live part
    with its key, ETag, rows, bytes, date range and the run that wrote it;
 4. deletes the parts the new manifest no longer lists.
@@ -36,9 +40,8 @@ import hashlib
 import json
 import logging
 import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,18 +49,24 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from loaders import faults
+from loaders.compose import (
+    MIN_PART_BYTES,
+    Segment,
+    block_digests,
+    common_head,
+    compose,
+    put_bytes,
+)
 from loaders.errors import StorageError
 from loaders.s3 import MARTS_PREFIX, ObjectInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
-# S3: every part of a multipart upload but the last is at least 5 MiB.
-MIN_PART_BYTES = 5 * 2**20
+CSV = "text/csv; charset=utf-8"
 GRANULARITIES = {"month": "%Y-%m", "year": "%Y", "day": "%Y-%m-%d"}
 
 
@@ -76,6 +85,9 @@ class Part:
         last: Latest value of the partition column (ISO date).
         run_id: The run that wrote this version of the part.
         sha256: sha256 of the part's bytes.
+        blocks: Digest of each 1 MiB block of the part
+            (:func:`loaders.compose.block_digests`): the next run compares
+            its version with them to copy the head they share.
     """
 
     partition: str
@@ -88,6 +100,7 @@ class Part:
     last: str | None
     run_id: str
     sha256: str
+    blocks: list[str] = field(default_factory=list)
 
 
 def manifest_key(model: str) -> str:
@@ -119,16 +132,18 @@ def read_manifest(client: S3Client, bucket: str, model: str) -> dict[str, Any] |
 
 
 def published_state(client: S3Client, bucket: str, model: str) -> dict[str, Any]:
-    """What the post-hook needs from the last manifest: its watermark and partitions.
+    """What the post-hook needs from the last manifest: watermark, parts' rows, columns.
 
     Returns:
-        ``{"refreshed_through": <ISO timestamp or None>, "partitions": [...]}``;
+        ``{"refreshed_through": <ISO timestamp or None>, "partitions":
+        {<partition>: <rows>}, "columns": [<exported column>, ...] or None}``;
         no watermark and no partitions when nothing was published yet.
     """
     manifest = read_manifest(client, bucket, model) or {}
     return {
         "refreshed_through": manifest.get("refreshed_through"),
-        "partitions": [p["partition"] for p in manifest.get("parts", [])],
+        "partitions": {p["partition"]: p["rows"] for p in manifest.get("parts", [])},
+        "columns": manifest.get("columns"),
     }
 
 
@@ -173,12 +188,14 @@ def publish_partitions(
     state = next(_json_lines(folder / "_state.json"), {})
     live: list[str] = sorted(state.get("live") or [])
     stats = {row["partition"]: row for row in _json_lines(folder / "_parts.json")}
-    header = (folder / "_header.csv").read_bytes()
+    header = folder / "_header.csv"
     previous = read_manifest(client, bucket, model) or {}
     published = {p["partition"]: Part(**p) for p in previous.get("parts", [])}
     written: list[tuple[ObjectInfo, int | None]] = []
     sent = 0
     parts: list[Part] = []
+    # Per written part, the head it shares with its published version.
+    shared: dict[str, int] = {}
     for partition in live:
         path = folder / f"{partition}.csv"
         old = published.get(partition)
@@ -193,8 +210,19 @@ def publish_partitions(
         if old is not None and old.sha256 == sha256:
             parts.append(old)  # the same bytes: the object stays as it is
             continue
-        info = _put_file(client, bucket, path, part_key(model, partition))
-        sent += info.size
+        blocks = block_digests(path)
+        size = path.stat().st_size
+        head = common_head(old.blocks, blocks, old.bytes, size) if old else 0
+        segments = [Segment(0, size, path=path)]
+        if old is not None and head >= MIN_PART_BYTES:
+            # The part's unchanged head (earlier days) is copied from its published version.
+            segments = [
+                Segment(0, head, key=old.key, etag=old.etag, path=path),
+                Segment(head, size, path=path),
+            ]
+        info, part_sent = compose(client, bucket, part_key(model, partition), segments, CSV)
+        sent += part_sent
+        shared[partition] = head
         row = stats.get(partition, {})
         part = Part(
             partition=partition,
@@ -202,18 +230,22 @@ def publish_partitions(
             etag=info.etag,
             rows=int(row.get("rows") or 0),
             bytes=info.size,
-            header_bytes=len(header),
+            header_bytes=header.stat().st_size,
             first=_iso(row.get("first")),
             last=_iso(row.get("last")),
             run_id=run_id,
             sha256=sha256,
+            blocks=blocks,
         )
         parts.append(part)
         written.append((info, part.rows))
+    columns = state.get("columns")
     changed = bool(written) or set(published) != set(live) or "whole" not in previous
     whole_key = f"{MARTS_PREFIX}{model}.csv"
     if changed:
-        whole, whole_sent = compose(client, bucket, whole_key, parts, header, folder)
+        reusable = previous if previous.get("columns") == columns else {}
+        segments = whole_segments(reusable, parts, shared, header, folder)
+        whole, whole_sent = compose(client, bucket, whole_key, segments, CSV)
         sent += whole_sent
         written.append((whole, sum(p.rows for p in parts)))
         whole_entry = {"key": whole.key, "etag": whole.etag, "bytes": whole.size}
@@ -225,17 +257,16 @@ def publish_partitions(
         "published_at": datetime.now(UTC).isoformat(),
         "partition_by": state.get("partition_by"),
         "granularity": state.get("granularity"),
+        "columns": columns,
         "refreshed_through": _iso(state.get("refreshed_through")),
         "rows": sum(p.rows for p in parts),
         "bytes": sum(p.bytes for p in parts),
         "whole": whole_entry,
         "parts": [asdict(p) for p in parts],
     }
-    body = (json.dumps(manifest, indent=2) + "\n").encode()
+    body = (json.dumps(manifest, indent=1) + "\n").encode()
     faults.point("manifest")
-    written.append(
-        (_put_bytes(client, bucket, manifest_key(model), body, "application/json"), None)
-    )
+    written.append((put_bytes(client, bucket, manifest_key(model), body, "application/json"), None))
     sent += len(body)
     for partition, old in published.items():
         if partition not in live:
@@ -251,146 +282,79 @@ def publish_partitions(
     return written, sent
 
 
+def whole_segments(
+    previous: dict[str, Any],
+    parts: list[Part],
+    shared: dict[str, int],
+    header: Path,
+    folder: Path,
+) -> list[Segment]:
+    """The whole file's bytes as ranges: one header, then each part's rows in order.
+
+    What the previous whole file (``previous["whole"]``, made of
+    ``previous["parts"]``) already holds, an unchanged part or the head a
+    changed part shares with its published version (``shared``), is a range
+    of it; the rest is a range of the new part (read from ``folder`` when it
+    has to be sent). With no usable previous whole file (none yet, or other
+    columns), every range comes from the parts.
+
+    Args:
+        previous: The last manifest, or ``{}``.
+        parts: The live parts, in partition order, as the new manifest lists them.
+        shared: Bytes at the start of each part written now that equal its
+            published version's.
+        header: Local file holding the header line.
+        folder: The candidate folder (local copies of the parts written now).
+    """
+    whole = previous.get("whole") or {}
+    # Where each previously published part's rows sit in the previous whole file.
+    offsets: dict[str, tuple[Part, int]] = {}
+    if whole.get("etag"):
+        at = 0
+        for index, entry in enumerate(previous.get("parts", [])):
+            old = Part(**entry)
+            at += old.header_bytes if index == 0 else 0
+            offsets[old.partition] = (old, at)
+            at += old.bytes - old.header_bytes
+        if at != whole.get("bytes"):
+            offsets = {}  # not the file its manifest describes: compose from the parts
+    header_bytes = header.stat().st_size
+    # Same columns (the caller checks), so the same header line: the file's first bytes.
+    in_whole = Segment(0, header_bytes, key=whole["key"], etag=whole["etag"]) if offsets else None
+    segments = [in_whole or Segment(0, header_bytes, path=header)]
+
+    def from_whole(old: Part, at: int, first: int, end: int) -> Segment:
+        """Bytes [first, end) of ``old`` (part offsets), as a range of the previous whole file."""
+        return Segment(
+            at + first - old.header_bytes,
+            at + end - old.header_bytes,
+            key=whole["key"],
+            etag=whole["etag"],
+        )
+
+    for part in parts:
+        local = folder / f"{part.partition}.csv"
+        path = local if local.exists() and local.stat().st_size == part.bytes else None
+        found = offsets.get(part.partition) if in_whole else None
+        rows_from = part.header_bytes
+        if found is not None:
+            old, at = found
+            if old.etag == part.etag:
+                segments.append(from_whole(old, at, part.header_bytes, part.bytes))
+                continue
+            head = shared.get(part.partition, 0)
+            if head > part.header_bytes:
+                segments.append(from_whole(old, at, part.header_bytes, head))
+                rows_from = head
+        segments.append(Segment(rows_from, part.bytes, key=part.key, etag=part.etag, path=path))
+    return segments
+
+
 def _iso(value: Any) -> str | None:
     """An ISO text of a date or timestamp from DuckDB's JSON output."""
     if value is None:
         return None
     return str(value).replace(" ", "T") if ":" in str(value) else str(value)
-
-
-def compose(
-    client: S3Client, bucket: str, key: str, parts: list[Part], header: bytes, folder: Path
-) -> tuple[ObjectInfo, int]:
-    """Write ``key`` as the ``parts`` end to end with one header, mostly on the server.
-
-    Each part's bytes after its header are a range of its object: a range of
-    at least 5 MiB is copied by the server (UploadPartCopy); smaller ones are
-    read (from the candidate folder when the part was just exported, else
-    from S3) and merged, topped up to 5 MiB from the head of the next range,
-    whose rest is copied when it is 5 MiB or more (or the last). A whole file under 10 MiB is
-    simply assembled and sent in one PUT.
-
-    Returns:
-        The object written, and the bytes sent to S3 for it.
-
-    Raises:
-        StorageError: a request failed; an unfinished upload is aborted.
-    """
-    ranges = [
-        (part, 0 if i == 0 else part.header_bytes, part.bytes) for i, part in enumerate(parts)
-    ]
-    total = sum(end - start for _, start, end in ranges)
-    if not parts or total < 2 * MIN_PART_BYTES:
-        body = b"".join(_read(client, bucket, part, folder, s, e) for part, s, e in ranges)
-        body = body if parts else header
-        return _put_bytes(client, bucket, key, body, "text/csv; charset=utf-8"), len(body)
-    started = time.monotonic()
-    try:
-        upload = client.create_multipart_upload(
-            Bucket=bucket, Key=key, ContentType="text/csv; charset=utf-8"
-        )["UploadId"]
-    except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"cannot start composing s3://{bucket}/{key}: {exc}") from exc
-    sent: list[CompletedPartTypeDef] = []
-    uploaded = 0
-    pending = bytearray()
-    try:
-
-        def copy(part: Part, first: int, end: int) -> None:
-            copied = client.upload_part_copy(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload,
-                PartNumber=len(sent) + 1,
-                CopySource={"Bucket": bucket, "Key": part.key},
-                CopySourceIfMatch=part.etag,
-                CopySourceRange=f"bytes={first}-{end - 1}",
-            )
-            sent.append({"PartNumber": len(sent) + 1, "ETag": copied["CopyPartResult"]["ETag"]})
-
-        def flush() -> int:
-            response = client.upload_part(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload,
-                PartNumber=len(sent) + 1,
-                Body=bytes(pending),
-            )
-            sent.append({"PartNumber": len(sent) + 1, "ETag": response["ETag"]})
-            size = len(pending)
-            pending.clear()
-            return size
-
-        for index, (part, start, end) in enumerate(ranges):
-            last = index == len(ranges) - 1
-            if pending:
-                # Small parts before this one: top them up to 5 MiB from its head.
-                take = min(MIN_PART_BYTES - len(pending), end - start)
-                pending += _read(client, bucket, part, folder, start, start + take)
-                start += take
-                if len(pending) >= MIN_PART_BYTES:
-                    uploaded += flush()
-            if start < end:
-                if not pending and (end - start >= MIN_PART_BYTES or last):
-                    copy(part, start, end)  # the server copies it: not sent
-                else:
-                    pending += _read(client, bucket, part, folder, start, end)
-            if pending and (last or len(pending) >= MIN_PART_BYTES):
-                uploaded += flush()
-        done = client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": sent}
-        )
-    except (ClientError, BotoCoreError) as exc:
-        try:
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
-        except (ClientError, BotoCoreError):
-            log.warning("could not abort the upload of s3://%s/%s", bucket, key)
-        raise StorageError(f"composing s3://{bucket}/{key} failed: {exc}") from exc
-    log.info(
-        "composed s3://%s/%s from %d part(s) in %.1fs",
-        bucket,
-        key,
-        len(parts),
-        time.monotonic() - started,
-    )
-    return ObjectInfo(key=key, etag=str(done["ETag"]).strip('"'), size=total), uploaded
-
-
-def _read(client: S3Client, bucket: str, part: Part, folder: Path, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of a part: from the candidate file if it is there, else from S3."""
-    local = folder / f"{part.partition}.csv"
-    if local.exists() and local.stat().st_size == part.bytes:
-        with local.open("rb") as body:
-            body.seek(start)
-            return body.read(end - start)
-    try:
-        response = client.get_object(
-            Bucket=bucket, Key=part.key, IfMatch=part.etag, Range=f"bytes={start}-{end - 1}"
-        )
-        return bytes(response["Body"].read())
-    except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"cannot read s3://{bucket}/{part.key}: {exc}") from exc
-
-
-def _put_file(client: S3Client, bucket: str, path: Path, key: str) -> ObjectInfo:
-    with path.open("rb") as body:
-        return _put_bytes(client, bucket, key, body, "text/csv; charset=utf-8", path.stat().st_size)
-
-
-def _put_bytes(
-    client: S3Client,
-    bucket: str,
-    key: str,
-    body: Any,
-    content_type: str,
-    size: int | None = None,
-) -> ObjectInfo:
-    try:
-        response = client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-    except (ClientError, BotoCoreError) as exc:
-        raise StorageError(f"publishing s3://{bucket}/{key} failed: {exc}") from exc
-    length = size if size is not None else len(body)
-    return ObjectInfo(key=key, etag=response["ETag"].strip('"'), size=length)
 
 
 def _delete(client: S3Client, bucket: str, key: str) -> None:

@@ -37,11 +37,23 @@
     month (default), year or day) writes to its candidate folder only the
     partitions whose rows changed since the published manifest: rows with a
     _refreshed_at newer than the manifest's refreshed_through, and live
-    partitions the manifest does not list (a model without _refreshed_at
-    writes them all; unchanged bytes are not uploaded again). Beside them:
-    _parts.json (rows and date range of each written partition), _state.json
-    (every live partition, the latest _refreshed_at) and _header.csv.
+    partitions the manifest does not list (a model without _refreshed_at, or
+    with other columns than the published ones, writes them all; unchanged
+    bytes are not uploaded again). Beside them: _parts.json (rows and date
+    range of each written partition), _state.json (every live partition, the
+    latest _refreshed_at, the columns) and _header.csv.
     loaders/partitions.py publishes the folder.
+
+    Rows are ordered by the partition column, then the primary key: days a
+    part gains go at its end, so its head stays the bytes already published
+    (which the publish copies on the server instead of sending).
+
+    Every statement reads a partition by a constant date range, so DuckDB
+    skips the row groups of other dates (the table is kept in time order).
+    The live partitions are the published ones plus those with newer rows,
+    checked by counting: if the table's rows are not the published rows of
+    the unchanged partitions plus the rows of the changed ones (rows went
+    away), the partitions are listed from the whole table instead.
 #}
 {% macro export_partitions(relation, meta) %}
     {%- set formats = {'month': '%Y-%m', 'year': '%Y', 'day': '%Y-%m-%d'} -%}
@@ -53,53 +65,121 @@
     {%- endif -%}
     {%- set column = adapter.quote(meta.partition_by) -%}
     {%- set partition = "strftime(" ~ column ~ ", '" ~ formats[granularity] ~ "')" -%}
-    {%- set order_by = meta.get('primary_key') or ['all'] -%}
+    {%- set order_by = [column] -%}
+    {%- for key in meta.get('primary_key') or [] if key != meta.partition_by -%}
+        {%- do order_by.append(key) -%}
+    {%- endfor -%}
     {%- set folder = candidate_folder(relation.identifier) -%}
     {%- set found = run_query("select elt_published_state('" ~ relation.identifier ~ "')") -%}
     {%- set previous = fromjson(found.columns[0].values()[0]) -%}
     {%- set names = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
-    {%- set live = run_query(
-        "select distinct " ~ partition ~ " from " ~ relation
-        ~ " where " ~ column ~ " is not null order by 1"
-    ).columns[0].values() | list -%}
+    {%- set columns = [] -%}
+    {%- for name in names if not name.startswith('_') -%}
+        {%- do columns.append(name) -%}
+    {%- endfor -%}
+    {%- set incremental = '_refreshed_at' in names and previous.refreshed_through
+        and previous.columns == columns -%}
     {%- set changed = [] -%}
-    {%- if '_refreshed_at' in names and previous.refreshed_through -%}
+    {%- set live = [] -%}
+    {%- if incremental -%}
+        {%- set since = "cast('" ~ previous.refreshed_through ~ "' as timestamptz)" -%}
         {%- set newer = run_query(
-            "select distinct " ~ partition ~ " from " ~ relation ~ " where _refreshed_at > cast('"
-            ~ previous.refreshed_through ~ "' as timestamptz)"
+            "select distinct " ~ partition ~ " from " ~ relation ~ " where _refreshed_at > "
+            ~ since ~ " order by 1"
         ).columns[0].values() | list -%}
-        {%- for value in live if value in newer or value not in previous.partitions -%}
-            {%- do changed.append(value) -%}
+        {%- do changed.extend(newer) -%}
+        {%- set kept = namespace(rows=0) -%}
+        {%- for value, rows in previous.partitions.items() if value not in newer -%}
+            {%- set kept.rows = kept.rows + rows -%}
         {%- endfor -%}
-    {%- else -%}
+        {%- set counted = run_query(
+            "select (select count(*) from " ~ relation ~ "), (select count(*) from " ~ relation
+            ~ " where " ~ partitions_filter(column, partition, changed, granularity) ~ ")"
+        ).rows[0] -%}
+        {%- if counted[0] == kept.rows + counted[1] -%}
+            {%- do live.extend(((previous.partitions.keys() | list) + newer) | unique | sort) -%}
+        {%- else -%}
+            {%- set incremental = false -%}
+        {%- endif -%}
+    {%- endif -%}
+    {%- if not incremental -%}
+        {%- do live.extend(run_query(
+            "select distinct " ~ partition ~ " from " ~ relation
+            ~ " where " ~ column ~ " is not null order by 1"
+        ).columns[0].values()) -%}
         {%- do changed.extend(live) -%}
     {%- endif -%}
     {%- set statements = [] -%}
     {%- for value in changed -%}
         {%- do statements.append(
             "copy (select " ~ export_columns(relation) ~ " from " ~ relation ~ " where "
-            ~ partition ~ " = '" ~ value ~ "' order by " ~ order_by | join(', ') ~ ") to '"
+            ~ partitions_filter(column, partition, [value], granularity)
+            ~ " order by " ~ order_by | join(', ') ~ ") to '"
             ~ folder ~ "/" ~ value ~ ".csv' (format csv, header true)"
         ) -%}
     {%- endfor -%}
-    {%- set listed = "'" ~ changed | join("', '") ~ "'" if changed else "null" -%}
     {%- do statements.append(
         "copy (select " ~ partition ~ " as partition, count(*) as rows, min(" ~ column
-        ~ ") as first, max(" ~ column ~ ") as last from " ~ relation ~ " where " ~ partition
-        ~ " in (" ~ listed ~ ") group by 1 order by 1) to '" ~ folder ~ "/_parts.json' (format json)"
+        ~ ") as first, max(" ~ column ~ ") as last from " ~ relation ~ " where "
+        ~ partitions_filter(column, partition, changed, granularity)
+        ~ " group by 1 order by 1) to '" ~ folder ~ "/_parts.json' (format json)"
     ) -%}
-    {%- set refreshed = "max(_refreshed_at)" if '_refreshed_at' in names else "null" -%}
+    {%- if '_refreshed_at' not in names -%}
+        {%- set refreshed = "null" -%}
+    {%- elif incremental -%}
+        {#- The newest rows are newer than the published watermark: only they are read. -#}
+        {%- set refreshed = "(select max(_refreshed_at) from " ~ relation
+            ~ " where _refreshed_at >= " ~ since ~ ")" -%}
+    {%- else -%}
+        {%- set refreshed = "(select max(_refreshed_at) from " ~ relation ~ ")" -%}
+    {%- endif -%}
     {%- do statements.append(
-        "copy (select coalesce(list(distinct " ~ partition ~ " order by " ~ partition
-        ~ ") filter (where " ~ column ~ " is not null), []) as live, " ~ refreshed
+        "copy (select " ~ text_list(live) ~ " as live, " ~ refreshed
         ~ " as refreshed_through, '" ~ meta.partition_by ~ "' as partition_by, '" ~ granularity
-        ~ "' as granularity from " ~ relation ~ ") to '" ~ folder ~ "/_state.json' (format json)"
+        ~ "' as granularity, " ~ text_list(columns) ~ " as columns) to '"
+        ~ folder ~ "/_state.json' (format json)"
     ) -%}
     {%- do statements.append(
         "copy (select " ~ export_columns(relation) ~ " from " ~ relation ~ " limit 0) to '"
         ~ folder ~ "/_header.csv' (format csv, header true)"
     ) -%}
     {{- return(statements | join(";\n")) -}}
+{% endmacro %}
+
+
+{#-
+    A filter on the rows of some partitions: the constant date span they
+    cover (DuckDB skips the row groups outside it) and the partitions
+    themselves. No partitions: no rows.
+-#}
+{% macro partitions_filter(column, partition, values, granularity) %}
+    {%- if not values -%}
+        {{- return('false') -}}
+    {%- endif -%}
+    {%- set first = values | min -%}
+    {%- set last = values | max -%}
+    {%- if granularity == 'year' -%}
+        {%- set low = first ~ '-01-01' -%}
+        {%- set high = (last | int + 1) ~ '-01-01' -%}
+    {%- elif granularity == 'month' -%}
+        {%- set low = first ~ '-01' -%}
+        {%- set year, month = last.split('-') | map('int') -%}
+        {%- set high = '%04d-%02d-01' | format(year + month // 12, month % 12 + 1) -%}
+    {%- else -%}
+        {%- set low = first -%}
+        {%- set high = (modules.datetime.date.fromisoformat(last)
+            + modules.datetime.timedelta(days=1)).isoformat() -%}
+    {%- endif -%}
+    {{- return(
+        column ~ " >= date '" ~ low ~ "' and " ~ column ~ " < date '" ~ high ~ "' and "
+        ~ partition ~ " in " ~ "('" ~ values | join("', '") ~ "')"
+    ) -}}
+{% endmacro %}
+
+
+{#- A SQL list of text values (varchar[]), empty or not. -#}
+{% macro text_list(values) %}
+    {{- return("['" ~ values | join("', '") ~ "']" if values else "[]::varchar[]") -}}
 {% endmacro %}
 
 

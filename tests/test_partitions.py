@@ -1,6 +1,6 @@
 """Partitioned publish: a run rewrites the parts its rows changed, the manifest is the entry point.
 
-``turnstile_daily`` is published by month, ``station_daily`` by year
+``turnstile_daily`` and ``station_daily`` are published by month
 (``meta.partition_by``), each as ``marts/<model>/<partition>.csv`` with
 ``marts/<model>/_manifest.json`` and the whole file ``marts/<model>.csv``.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from loaders import partitions
+from loaders import compose, partitions
 from tests.conftest import Elt, project_copy, week_csv
 
 
@@ -60,7 +60,7 @@ def test_a_run_rewrites_only_the_parts_its_rows_changed(fresh: Elt) -> None:
         "marts/turnstile_daily/2024-02.csv",
         "marts/turnstile_daily.csv",
         "marts/turnstile_daily/_manifest.json",
-        "marts/station_daily/2024.csv",
+        "marts/station_daily/2024-02.csv",
         "marts/station_daily.csv",
         "marts/station_daily/_manifest.json",
     }
@@ -179,27 +179,23 @@ def test_url_prints_the_whole_file_and_the_manifest(fresh: Elt) -> None:
     [([6, 7, 5.5], 3), ([1, 6, 0.5, 0.5, 7], 3), ([6, 1, 1, 1, 1, 1, 1, 2], 3)],
     ids=["all-copied", "small-between-large", "many-small"],
 )
-def test_the_whole_file_is_composed_from_the_parts_on_the_server(
-    fresh: Elt, tmp_path: Path, sizes_mib: list[float], uploaded_parts: int
+def test_an_object_is_composed_from_ranges_of_others_on_the_server(
+    fresh: Elt, sizes_mib: list[float], uploaded_parts: int
 ) -> None:
     # GIVEN parts of several sizes published (each with the same header line)
     client = fresh.s3()
     header = b"a,b\n"
-    parts = []
+    segments = []
     for i, mib in enumerate(sizes_mib):
         rows = os.urandom(int(mib * 2**20) // 2).hex().encode()
         body = header + b"\n".join(rows[j : j + 63] for j in range(0, len(rows), 63)) + b"\n"
         key = f"marts/composed/{i:02d}.csv"
         etag = client.put_object(Bucket="lake", Key=key, Body=body)["ETag"].strip('"')
-        parts.append(
-            partitions.Part(f"{i:02d}", key, etag, 0, len(body), len(header), None, None, "r", "")
-        )
-    # WHEN composed
-    whole, sent = partitions.compose(client, "lake", "marts/composed.csv", parts, header, tmp_path)
+        segments.append(compose.Segment(0 if i == 0 else len(header), len(body), key, etag))
+    # WHEN composed: the first part whole, the others' rows
+    whole, sent = compose.compose(client, "lake", "marts/composed.csv", segments, "text/csv")
     # THEN it is the parts end to end with one header, and what could be copied was
-    expected = b"".join(
-        fresh.get(p.key)[0 if i == 0 else len(header) :] for i, p in enumerate(parts)
-    )
+    expected = b"".join(fresh.get(str(s.key))[s.start :] for s in segments)
     assert fresh.get("marts/composed.csv") == expected
     assert whole.size == len(expected)
     # (each multipart part at least 5 MiB but the last: large parts copied as
@@ -207,11 +203,126 @@ def test_the_whole_file_is_composed_from_the_parts_on_the_server(
     assert whole.etag.endswith(f"-{uploaded_parts}")
     # (bytes sent: the small parts, and at most 5 MiB of a large one to top them
     # up, plus its rest when under 5 MiB; the server copies the rest)
-    ranges = [p.bytes - (0 if i == 0 else len(header)) for i, p in enumerate(parts)]
-    large = [r for r in ranges if r >= partitions.MIN_PART_BYTES]
-    small = sum(ranges) - sum(large)
-    assert small <= sent <= small + 2 * partitions.MIN_PART_BYTES * len(large)
-    assert sent < sum(ranges)
+    large = [s.size for s in segments if s.size >= compose.MIN_PART_BYTES]
+    small = sum(s.size for s in segments) - sum(large)
+    assert small <= sent <= small + 2 * compose.MIN_PART_BYTES * len(large)
+    assert sent < sum(s.size for s in segments)
     assert whole.etag == client.head_object(Bucket="lake", Key="marts/composed.csv")["ETag"].strip(
         '"'
     )
+
+
+def candidate(folder: Path, days: dict[str, int], columns: str = "day,n") -> Path:
+    """A partitioned mart's candidate folder as the post-hook writes it: one month, ``days``.
+
+    Each day (``2024-01-05``) gets that many rows of about 64 bytes; the
+    month part is ``2024-01.csv``, ordered by day.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    header = f"{columns}\n".encode()
+    rows = b"".join(
+        f"{day},{i:060d}\n".encode() for day, count in sorted(days.items()) for i in range(count)
+    )
+    (folder / "_header.csv").write_bytes(header)
+    (folder / "2024-01.csv").write_bytes(header + rows)
+    first, last = min(days), max(days)
+    (folder / "_parts.json").write_text(
+        json.dumps(
+            {"partition": "2024-01", "rows": sum(days.values()), "first": first, "last": last}
+        )
+    )
+    (folder / "_state.json").write_text(
+        json.dumps(
+            {
+                "live": ["2024-01"],
+                "refreshed_through": f"{last} 00:00:00+00",
+                "partition_by": "day",
+                "granularity": "month",
+                "columns": columns.split(","),
+            }
+        )
+    )
+    return folder
+
+
+def test_a_part_that_gains_days_sends_only_them_and_the_whole_file_is_copied(
+    fresh: Elt, tmp_path: Path
+) -> None:
+    # GIVEN a month part of about 8 MiB published (and the whole file made of it)
+    client = fresh.s3()
+    week = {f"2024-01-{d:02d}": 18_000 for d in range(1, 8)}
+    partitions.publish_partitions(client, "lake", candidate(tmp_path / "a", week), "m", "r1")
+    first = manifest(fresh, "m")
+    # WHEN the next week's days are added to the month
+    more = {**week, **{f"2024-01-{d:02d}": 18_000 for d in range(8, 11)}}
+    folder = candidate(tmp_path / "b", more)
+    expected = (folder / "2024-01.csv").read_bytes()
+    written, sent = partitions.publish_partitions(client, "lake", folder, "m", "r2")
+    # THEN the part and the whole file hold the new bytes
+    assert fresh.get("marts/m/2024-01.csv") == expected
+    assert fresh.get("marts/m.csv") == expected
+    # AND what was sent is the new days' rows (plus less than a block of the
+    # part's shared head) and the manifest: the rest was copied by the server
+    new_rows = len(expected) - first["parts"][0]["bytes"]
+    manifest_bytes = len(fresh.get("marts/m/_manifest.json"))
+    assert new_rows < sent <= new_rows + compose.BLOCK_BYTES + manifest_bytes
+    assert [info.key for info, _ in written] == [
+        "marts/m/2024-01.csv",
+        "marts/m.csv",
+        "marts/m/_manifest.json",
+    ]
+    # AND the manifest lists the part's new version with its blocks
+    (part,) = manifest(fresh, "m")["parts"]
+    assert (part["run_id"], part["rows"], part["last"]) == ("r2", 180_000, "2024-01-10")
+    (tmp_path / "expected.csv").write_bytes(expected)
+    assert part["blocks"] == compose.block_digests(tmp_path / "expected.csv")
+
+
+def test_other_columns_publish_every_byte_again(fresh: Elt, tmp_path: Path) -> None:
+    # GIVEN a month published
+    client = fresh.s3()
+    week = {f"2024-01-{d:02d}": 18_000 for d in range(1, 8)}
+    partitions.publish_partitions(client, "lake", candidate(tmp_path / "a", week), "m", "r1")
+    # WHEN the mart's columns change (same rows, another header)
+    folder = candidate(tmp_path / "b", week, columns="day,count")
+    expected = (folder / "2024-01.csv").read_bytes()
+    _, sent = partitions.publish_partitions(client, "lake", folder, "m", "r2")
+    # THEN nothing of the old bytes is reused: the part is sent whole, the whole file is new
+    assert sent >= len(expected)
+    assert fresh.get("marts/m/2024-01.csv") == expected
+    assert fresh.get("marts/m.csv") == expected
+    assert manifest(fresh, "m")["columns"] == ["day", "count"]
+
+
+@pytest.mark.parametrize(
+    ("granularity", "parts"),
+    [("year", ["2024"]), ("day", ["2024-01-10", "2024-02-10", "2024-02-11"])],
+)
+def test_a_mart_can_be_published_by_year_or_by_day(
+    fresh: Elt, tmp_path: Path, granularity: str, parts: list[str]
+) -> None:
+    # GIVEN station_daily published by another granularity
+    copy = project_copy(tmp_path / "project")
+    models = copy / "models" / "marts" / "ridership" / "_ridership__models.yml"
+    text = models.read_text()
+    at = text.index("  - name: station_daily")
+    models.write_text(
+        text[:at] + text[at:].replace("granularity: month", f"granularity: {granularity}", 1)
+    )
+    fresh.put("raw/turnstile/jan.csv", week_csv(3, day="01/10/2024", start=100))
+    fresh.put("raw/turnstile/feb.csv", week_csv(3, day="02/10/2024", start=200))
+    fresh.run("run", ELT_PROJECT_DIR=str(copy))
+    # WHEN a day arrives
+    fresh.put("raw/turnstile/feb_more.csv", week_csv(3, day="02/11/2024", start=300))
+    fresh.run("run", ELT_PROJECT_DIR=str(copy))
+    # THEN its parts are one per year (or day), listed with their dates
+    listed = manifest(fresh, "station_daily")
+    assert listed["granularity"] == granularity
+    assert [p["partition"] for p in listed["parts"]] == parts
+    assert set(heads(fresh, "marts/station_daily/")) == {
+        *(f"marts/station_daily/{p}.csv" for p in parts),
+        "marts/station_daily/_manifest.json",
+    }
+    # AND the whole file holds every day, in date order
+    whole = fresh.get("marts/station_daily.csv").decode().splitlines()
+    assert [line.split(",")[2] for line in whole[1:]] == ["2024-01-10", "2024-02-10", "2024-02-11"]

@@ -51,7 +51,7 @@ def test_a_run_leaves_a_receipt_in_duckdb_and_s3(elt: Elt) -> None:
         "marts/turnstile_daily/2024-07.csv",
         "marts/turnstile_daily.csv",
         "marts/turnstile_daily/_manifest.json",
-        "marts/station_daily/2024.csv",
+        "marts/station_daily/2024-07.csv",
         "marts/station_daily.csv",
         "marts/station_daily/_manifest.json",
     }

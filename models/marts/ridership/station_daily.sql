@@ -17,6 +17,11 @@ turnstile_days as (
 
 {% if is_incremental() %}
 
+{#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
+{%- set bounds = incremental_bounds(
+    ref('turnstile_daily'), '_refreshed_at', 'service_date', 'date'
+) %}
+
 changed_days as (
 
     -- Remote unit days with a turnstile day rebuilt since this model's last build.
@@ -26,10 +31,10 @@ changed_days as (
 
     from turnstile_days
 
-    where _refreshed_at > (
-        select coalesce(max(built._refreshed_at), cast('-infinity' as timestamptz))
-        from {{ this }} as built
-    )
+    where
+        _refreshed_at > {{ bounds.since }}
+        -- The same rows; as a constant it skips the history's row groups.
+        and service_date >= {{ bounds.low }}
 
 ),
 
@@ -46,9 +51,8 @@ unit_days as (
 
     -- turnstile_daily is kept in time order: read only the changed days' span.
     where
-        turnstile_days.service_date >= (select min(bounds.service_date) from changed_days as bounds)
-        and turnstile_days.service_date
-        <= (select max(bounds.service_date) from changed_days as bounds)
+        turnstile_days.service_date >= {{ bounds.low }}
+        and turnstile_days.service_date <= {{ bounds.high }}
 
 ),
 
