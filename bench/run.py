@@ -9,6 +9,7 @@ each timed ``--repeat`` times (the median is reported):
 ``one_week``        ``elt run`` on an empty state with one week (steady's yardstick)
 ``bare``            one DuckDB statement: S3 CSVs to ``turnstile_daily`` CSV in S3
 ``landing``         the loader alone (``pipeline.load``) on an empty warehouse
+``landing_lake``    the same, also writing the lake (``ELT_LAKE=true``: ``lake/`` in the bucket)
 ``landing_bare``    ``create table as select * from read_csv('s3://...')``
 ``pandas``/``polars`` the stateless scripts of ``bench/scripts/`` (16 GB cap)
 
@@ -52,7 +53,7 @@ CAP_MB = 16 * 1024
 LOGS = PROJECT / "bench" / "data" / "logs"  # stderr of every measured run (git-ignored)
 # Methods a run can leave out (--scripts, --landing-scales, --memory-limit-scale):
 # with --merge, their earlier records are kept.
-SKIPPABLE = ("pandas", "polars", "landing", "landing_bare")
+SKIPPABLE = ("pandas", "polars", "landing", "landing_lake", "landing_bare")
 KEY_COLUMNS = ("turnstile_id", "service_date", "entries", "exits", "readings", "anomalies")
 
 BARE = """
@@ -187,8 +188,9 @@ class Scale:
         """No warehouse, nothing published: the next ``elt run`` is cold."""
         for name in ("warehouse.duckdb", "warehouse.duckdb.wal", "bench.duckdb"):
             (self.home / name).unlink(missing_ok=True)
-        for obj in list(s3_mod.list_objects(self.client, "lake", "marts/")):
-            self.client.delete_object(Bucket="lake", Key=obj.key)
+        for prefix in ("marts/", "lake/"):
+            for obj in list(s3_mod.list_objects(self.client, "lake", prefix)):
+                self.client.delete_object(Bucket="lake", Key=obj.key)
 
     def last_receipt(self) -> dict[str, Any]:
         """The newest receipt published under ``marts/_runs/`` (what a consumer would read)."""
@@ -234,15 +236,17 @@ def summarise(scale: int, method: str, runs: list[Measured], readings: int, **ex
 
 
 def landing_pairs(scale: Scale, repeat: int) -> list[Record]:
-    """The loader alone, then a bare CTAS over the same objects, ``repeat`` times in turn.
+    """The loader alone, with the lake, then a bare CTAS over the same objects, ``repeat`` times.
 
-    Each pair runs back to back, so a slower spell of the machine hits both.
+    Each round runs back to back, so a slower spell of the machine hits all three.
     """
     py = sys.executable
-    landing, landing_bare = [], []
+    landing, landing_lake, landing_bare = [], [], []
     for _ in range(repeat):
         scale.empty_state()
         landing.append(measure([py, "-c", LANDING], scale.env))
+        scale.empty_state()
+        landing_lake.append(measure([py, "-c", LANDING], {**scale.env, "ELT_LAKE": "true"}))
         (scale.home / "bench.duckdb").unlink(missing_ok=True)
         landing_bare.append(
             measure([py, "-c", LANDING_BARE, str(scale.home / "bench.duckdb")], scale.env)
@@ -254,6 +258,7 @@ def landing_pairs(scale: Scale, repeat: int) -> list[Record]:
         raise RuntimeError(f"the loader landed {readings} rows, the bare CTAS {bare_rows}")
     return [
         summarise(len(scale.weeks), "landing", landing, readings),
+        summarise(len(scale.weeks), "landing_lake", landing_lake, readings),
         summarise(len(scale.weeks), "landing_bare", landing_bare, readings),
     ]
 
@@ -346,7 +351,7 @@ def bench_scale(
 
         if n in args.landing_scales:
             records += landing_pairs(scale, repeat)
-            print(records[-2:], flush=True)
+            print(records[-3:], flush=True)
             keep(records)
 
         for tool in args.scripts:
@@ -421,6 +426,7 @@ TITLES = {
     "one_week": "`elt run`, one week alone",
     "bare": "one DuckDB statement",
     "landing": "loader alone",
+    "landing_lake": "loader alone, writing the lake too (`ELT_LAKE=true`)",
     "landing_bare": "`create table as read_csv`",
     "pandas": "pandas script",
     "polars": "polars script",
@@ -598,7 +604,9 @@ def main() -> None:
     if args.only_landing:
         kept = [Record(**r) for r in json.loads(args.out.read_text())]
         records += [
-            r for r in kept if not (r.scale in scales and r.method in ("landing", "landing_bare"))
+            r
+            for r in kept
+            if not (r.scale in scales and r.method in ("landing", "landing_lake", "landing_bare"))
         ]
         meta["note"] = f"landing re-measured {meta['date']} at {args.scales} weeks"
         try:
@@ -612,7 +620,7 @@ def main() -> None:
                         if bare and bare[0] and record.median_s:
                             record.ratio_to_bare = round(record.median_s / bare[0], 2)
                     records += pairs
-                    print(records[-2:], flush=True)
+                    print(records[-3:], flush=True)
                     save()
                 finally:
                     scale.stop()

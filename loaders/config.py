@@ -93,6 +93,11 @@ class Settings:
         lake: Bucket and endpoint.
         memory_limit: DuckDB ``memory_limit`` (e.g. ``1GB``), or ``None`` for
             DuckDB's default; work beyond it spills to ``<home>/spill``.
+        engine: What dbt builds the models with: ``duckdb`` (the warehouse
+            file), or ``spark`` (from the raw data in the open, ``lake/``).
+        write_lake: Whether the loader also writes each landed object
+            version to ``lake/`` in the bucket (:mod:`loaders.lake`); always
+            for the ``spark`` engine.
     """
 
     project_dir: Path
@@ -101,6 +106,8 @@ class Settings:
     warehouse_path: Path
     lake: LakeConfig
     memory_limit: str | None = None
+    engine: str = "duckdb"
+    write_lake: bool = False
 
     def duckdb_config(self) -> dict[str, str]:
         """DuckDB settings every connection to the warehouse gets."""
@@ -180,17 +187,31 @@ def load_settings(target: str | None = None, env: Mapping[str, str] | None = Non
     if name not in outputs:
         raise ConfigError(f"{path}: no target '{name}' (have: {', '.join(outputs)})")
     output = _render(outputs[name], env)
+    engine = str(output.get("type") or "duckdb")
+    # Another engine's output names the DuckDB output the loader lands with.
+    landing = str(output.get("landing") or name) if engine != "duckdb" else name
+    if landing not in outputs:
+        raise ConfigError(f"{path}: target '{name}' lands with '{landing}', which is not a target")
+    landed = output if landing == name else _render(outputs[landing], env)
     plugin = next(
-        (p for p in output.get("plugins") or [] if p.get("module") == PLUGIN_MODULE), None
+        (p for p in landed.get("plugins") or [] if p.get("module") == PLUGIN_MODULE), None
     )
     if plugin is None:
-        raise ConfigError(f"{path}: target '{name}' has no {PLUGIN_MODULE} plugin block")
-    warehouse = Path(output.get("path") or home / "warehouse.duckdb")
+        raise ConfigError(f"{path}: target '{landing}' has no {PLUGIN_MODULE} plugin block")
+    config = plugin.get("config") or {}
+    warehouse = Path(landed.get("path") or home / "warehouse.duckdb")
     return Settings(
         project_dir=project,
         home=home,
         target=name,
         warehouse_path=warehouse if warehouse.is_absolute() else (project / warehouse).resolve(),
-        lake=LakeConfig.from_mapping(plugin.get("config") or {}),
-        memory_limit=str((plugin.get("config") or {}).get("memory_limit") or "").strip() or None,
+        lake=LakeConfig.from_mapping(config),
+        memory_limit=str(config.get("memory_limit") or "").strip() or None,
+        engine=engine,
+        write_lake=engine != "duckdb" or _true(config.get("lake")),
     )
+
+
+def _true(value: Any) -> bool:
+    """A profile flag: ``true``/``1``/``yes`` (any case) is on, anything else off."""
+    return str(value).strip().lower() in ("true", "1", "yes")

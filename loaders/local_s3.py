@@ -138,12 +138,14 @@ def _write_identities(home: Path, bucket: str) -> Path:
     actions = {
         "elt": ["Admin", "Read", "Write", "List", "Tagging"],
         # Reads marts/ too: a partitioned publish reads its last manifest, and
-        # composes the whole file from its parts on the server.
+        # composes the whole file from its parts on the server. Writes lake/:
+        # the raw data in the open (loaders/lake.py), when the target asks for it.
         "pipeline": [
             f"List:{bucket}",
             f"Read:{bucket}/raw/*",
             f"Read:{bucket}/marts/*",
             f"Write:{bucket}/marts/*",
+            f"Write:{bucket}/lake/*",
         ],
     }
     identities = []

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loaders import datasets as datasets_mod
-from loaders import faults, logs, partitions, publish, receipts, warehouse
+from loaders import faults, lake, logs, partitions, publish, receipts, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings
 from loaders.errors import EltError, StepError, StorageError
@@ -92,6 +92,7 @@ class Landing:
 
     results: list[LoadResult]
     full_refresh_reason: str | None = None
+    synced: lake.Synced | None = None
 
 
 def load(settings: Settings, s3: S3Client, on_object: OnObject | None = None) -> list[LoadResult]:
@@ -104,9 +105,11 @@ def land(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
 
     First checks the landed rows of any dataset whose source contract changed
     (:func:`loaders.land.recheck_contracts`). Then writes the quarantine of
-    each dataset it touched to ``marts/_rejects/<dataset>.csv``, and reads
-    whether the models need a full refresh (in the same connection: a run
-    opens the warehouse once before dbt).
+    each dataset it touched to ``marts/_rejects/<dataset>.csv``, brings the
+    raw data in the open up to date (``lake/``, :func:`loaders.lake.sync`)
+    when the settings write it, and reads whether the models need a full
+    refresh (in the same connection: a run opens the warehouse once before
+    dbt).
 
     Raises:
         StorageError, BusyError, ConfigError: listing/reading S3 failed, the
@@ -126,7 +129,10 @@ def land(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
         # read marts/ to know whether the file is there already.
         for name in sorted({r.dataset for r in results} | set(rechecked)):
             export_rejects(conn, settings.lake.bucket, registry[name])
-        return Landing(results, full_refresh_pending(conn))
+        synced = (
+            lake.sync(conn, s3, settings.lake.bucket, registry) if settings.write_lake else None
+        )
+        return Landing(results, full_refresh_pending(conn), synced)
 
 
 @contextmanager
@@ -505,6 +511,13 @@ def run(
             except EltError as exc:
                 raise StepError("load", str(exc)) from exc
             receipt.timings["load"] = round(time.monotonic() - step, 3)
+            if landing.synced is not None:
+                receipt.timings["lake"] = round(landing.synced.seconds, 3)
+                receipt.lake = {
+                    "written": landing.synced.written,
+                    "deleted": landing.synced.deleted,
+                    "ledger": landing.synced.ledger,
+                }
             faults.point("loaded")
             # Rows taken away since the last full build (a key's new version,
             # a changed contract): kept in the warehouse until a full build

@@ -6,7 +6,8 @@ A receipt is a JSON document::
      "started_at": "...", "finished_at": "...", "seconds": 12.3, "errors": [],
      "objects": [{"key", "etag", "sha256", "status", "rows_loaded", "rows_rejected", ...}],
      "dbt_nodes": [{"unique_id", "status", "seconds"}],
-     "exports": [{"key", "etag", "size_bytes", "rows"}]}
+     "exports": [{"key", "etag", "size_bytes", "rows"}],
+     "lake": {"written": [...], "deleted": [...], "ledger": true}}
 
 kept in DuckDB (``elt.runs``, one row per run with the document in
 ``receipt``) and written to ``s3://<bucket>/marts/_runs/<run id>.json``.
@@ -56,6 +57,9 @@ class Receipt:
             and ``export`` (the PUTs of the published marts).
         uploaded_bytes: Bytes the run sent to S3 to publish marts (objects
             the server composed from published parts are not sent again).
+        lake: What the run wrote to the raw data in the open (``lake/``):
+            load files ``written`` and ``deleted``, and whether the
+            ``ledger`` was written; empty when the target does not write it.
     """
 
     run_id: str
@@ -71,6 +75,7 @@ class Receipt:
     dbt_nodes: list[dict[str, Any]] = field(default_factory=list)
     exports: list[dict[str, Any]] = field(default_factory=list)
     uploaded_bytes: int = 0
+    lake: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)

@@ -171,6 +171,18 @@ def exists(s3: S3Client, bucket: str, key: str) -> bool:
     return True
 
 
+def delete_object(s3: S3Client, bucket: str, key: str) -> None:
+    """Delete ``s3://bucket/key`` (absent is fine).
+
+    Raises:
+        StorageError: the request failed.
+    """
+    try:
+        s3.delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot delete s3://{bucket}/{key}: {exc}") from exc
+
+
 def presigned_get(s3: S3Client, bucket: str, key: str, expires_s: int = 3600) -> str:
     """A presigned GET URL for ``s3://bucket/key``, valid ``expires_s`` seconds.
 

@@ -31,7 +31,7 @@ def pipeline_client(elt: Elt):
 
 
 @pytest.mark.unit
-def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_publish_marts() -> None:
+def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_publish_marts_write_lake() -> None:
     policy = json.loads((PROJECT / "iam" / "elt-pipeline-policy.json").read_text())
     grants = {
         (action, s["Resource"], json.dumps(s.get("Condition"), sort_keys=True))
@@ -52,6 +52,10 @@ def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_publish_mar
         ("s3:GetObject", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
         ("s3:DeleteObject", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
         ("s3:AbortMultipartUpload", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
+        # lake/: the raw data in the open, written and pruned, never read back
+        ("s3:PutObject", "arn:aws:s3:::my-elt-bucket/lake/*", "null"),
+        ("s3:DeleteObject", "arn:aws:s3:::my-elt-bucket/lake/*", "null"),
+        ("s3:AbortMultipartUpload", "arn:aws:s3:::my-elt-bucket/lake/*", "null"),
     }
 
 
@@ -83,8 +87,9 @@ def test_a_whole_run_as_the_least_privilege_identity(elt: Elt) -> None:
         elt.s3().upload_file(str(week), "lake", f"raw/turnstile/{week.name}")
     bad = week_csv(2, day="01/20/2024").replace(b",1001,100\n", b",oops,100\n")
     elt.put("raw/turnstile/240120_bad.csv", bad)
-    # WHEN the pipeline runs as the identity with the policy's rights only
-    proc = elt.run("run", ELT_LOCAL_IDENTITY="pipeline")
+    # WHEN the pipeline runs as the identity with the policy's rights only,
+    # writing the raw data in the open too
+    proc = elt.run("run", ELT_LOCAL_IDENTITY="pipeline", ELT_LAKE="true")
     # THEN it loads, builds, publishes the marts, the rejects and the receipt
     run_id = proc.stdout.split()[1].rstrip(":")
     keys = {o["Key"] for o in elt.s3().list_objects_v2(Bucket="lake", Prefix="marts/")["Contents"]}
@@ -101,3 +106,6 @@ def test_a_whole_run_as_the_least_privilege_identity(elt: Elt) -> None:
         f"marts/_runs/{run_id}.json",
     }
     assert elt.get("marts/turnstile_daily.csv").count(b"\n") == 70190
+    lake = {o["Key"] for o in elt.s3().list_objects_v2(Bucket="lake", Prefix="lake/")["Contents"]}
+    assert "lake/elt/ledger/ledger.parquet" in lake
+    assert len([k for k in lake if k.startswith("lake/raw/turnstile/load_date=")]) == 3
