@@ -34,6 +34,30 @@
 
 
 {#-
+    Spark: a date or timestamp parses with the Java pattern of the declared
+    format; Spark has no time-of-day type, so a time is the interval since
+    midnight (a date plus a time is then a timestamp, as in DuckDB). The
+    session time zone is UTC (profiles.yml), so midnight is 00:00:00.
+-#}
+{% macro spark__cast_source_column(column, expression) %}
+    {%- set data_type = (column.data_type or 'string') | lower -%}
+    {%- set format = column.format -%}
+    {%- if data_type in ['varchar', 'text', 'string'] -%}
+        trim({{ expression }})
+    {%- elif format and data_type == 'time' -%}
+        (to_timestamp(trim({{ expression }}), '{{ java_datetime_pattern(format) }}')
+            - timestamp '1970-01-01 00:00:00')
+    {%- elif format and data_type == 'date' -%}
+        to_date(trim({{ expression }}), '{{ java_datetime_pattern(format) }}')
+    {%- elif format -%}
+        to_timestamp(trim({{ expression }}), '{{ java_datetime_pattern(format) }}')
+    {%- else -%}
+        cast(trim({{ expression }}) as {{ data_type }})
+    {%- endif -%}
+{% endmacro %}
+
+
+{#-
     A source column's declared data_type and format: from the manifest, or,
     in a unit test (whose graph holds no sources), from the same YAML read by
     the loader (elt_source_contract(), registered by loaders.dbt_plugin).

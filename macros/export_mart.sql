@@ -19,15 +19,14 @@
     {%- if execute and model.config.get('meta', {}).get('export') == 'csv' -%}
         {%- set meta = model.config.meta -%}
         {%- if meta.get('partition_by') -%}
-            {{- export_partitions(this, meta) -}}
+            {%- set statements = export_partitions(this, meta) -%}
         {%- else -%}
-        {%- set order_by = meta.get('primary_key') or ['all'] -%}
-        copy (
-            select {{ export_columns(this) }}
-            from {{ this }}
-            order by {{ order_by | join(', ') }}
-        ) to '{{ candidate_path(this.identifier) }}' (format csv, header true)
+            {%- set statements = [export_csv(
+                export_columns(this), this, 'true', meta.get('primary_key') or ['all'],
+                candidate_path(this.identifier)
+            )] -%}
         {%- endif -%}
+        {{- return(run_statements(statements)) -}}
     {%- endif -%}
 {% endmacro %}
 
@@ -64,14 +63,13 @@
         ) }}
     {%- endif -%}
     {%- set column = adapter.quote(meta.partition_by) -%}
-    {%- set partition = "strftime(" ~ column ~ ", '" ~ formats[granularity] ~ "')" -%}
+    {%- set partition = date_text(column, formats[granularity]) -%}
     {%- set order_by = [column] -%}
     {%- for key in meta.get('primary_key') or [] if key != meta.partition_by -%}
         {%- do order_by.append(key) -%}
     {%- endfor -%}
     {%- set folder = candidate_folder(relation.identifier) -%}
-    {%- set found = run_query("select elt_published_state('" ~ relation.identifier ~ "')") -%}
-    {%- set previous = fromjson(found.columns[0].values()[0]) -%}
+    {%- set previous = published_state(relation.identifier) -%}
     {%- set names = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
     {%- set columns = [] -%}
     {%- for name in names if not name.startswith('_') -%}
@@ -82,7 +80,7 @@
     {%- set changed = [] -%}
     {%- set live = [] -%}
     {%- if incremental -%}
-        {%- set since = "cast('" ~ previous.refreshed_through ~ "' as timestamptz)" -%}
+        {%- set since = "cast('" ~ previous.refreshed_through ~ "' as " ~ timestamptz() ~ ")" -%}
         {%- set newer = run_query(
             "select distinct " ~ partition ~ " from " ~ relation ~ " where _refreshed_at > "
             ~ since ~ " order by 1"
@@ -111,19 +109,18 @@
     {%- endif -%}
     {%- set statements = [] -%}
     {%- for value in changed -%}
-        {%- do statements.append(
-            "copy (select " ~ export_columns(relation) ~ " from " ~ relation ~ " where "
-            ~ partitions_filter(column, partition, [value], granularity)
-            ~ " order by " ~ order_by | join(', ') ~ ") to '"
-            ~ folder ~ "/" ~ value ~ ".csv' (format csv, header true)"
-        ) -%}
+        {%- do statements.append(export_csv(
+            export_columns(relation), relation,
+            partitions_filter(column, partition, [value], granularity), order_by,
+            folder ~ "/" ~ value ~ ".csv"
+        )) -%}
     {%- endfor -%}
-    {%- do statements.append(
-        "copy (select " ~ partition ~ " as partition, count(*) as rows, min(" ~ column
+    {%- do statements.append(export_json(
+        "select " ~ partition ~ " as partition, count(*) as rows, min(" ~ column
         ~ ") as first, max(" ~ column ~ ") as last from " ~ relation ~ " where "
-        ~ partitions_filter(column, partition, changed, granularity)
-        ~ " group by 1 order by 1) to '" ~ folder ~ "/_parts.json' (format json)"
-    ) -%}
+        ~ partitions_filter(column, partition, changed, granularity) ~ " group by 1 order by 1",
+        folder ~ "/_parts.json"
+    )) -%}
     {%- if '_refreshed_at' not in names -%}
         {%- set refreshed = "null" -%}
     {%- elif incremental -%}
@@ -133,17 +130,16 @@
     {%- else -%}
         {%- set refreshed = "(select max(_refreshed_at) from " ~ relation ~ ")" -%}
     {%- endif -%}
-    {%- do statements.append(
-        "copy (select " ~ text_list(live) ~ " as live, " ~ refreshed
+    {%- do statements.append(export_json(
+        "select " ~ text_list(live) ~ " as live, " ~ refreshed
         ~ " as refreshed_through, '" ~ meta.partition_by ~ "' as partition_by, '" ~ granularity
-        ~ "' as granularity, " ~ text_list(columns) ~ " as columns) to '"
-        ~ folder ~ "/_state.json' (format json)"
-    ) -%}
-    {%- do statements.append(
-        "copy (select " ~ export_columns(relation) ~ " from " ~ relation ~ " limit 0) to '"
-        ~ folder ~ "/_header.csv' (format csv, header true)"
-    ) -%}
-    {{- return(statements | join(";\n")) -}}
+        ~ "' as granularity, " ~ text_list(columns) ~ " as columns",
+        folder ~ "/_state.json"
+    )) -%}
+    {%- do statements.append(export_csv(
+        export_columns(relation), relation, 'false', order_by, folder ~ "/_header.csv"
+    )) -%}
+    {{- return(statements) -}}
 {% endmacro %}
 
 
@@ -177,16 +173,97 @@
 {% endmacro %}
 
 
-{#- A SQL list of text values (varchar[]), empty or not. -#}
-{% macro text_list(values) %}
-    {{- return("['" ~ values | join("', '") ~ "']" if values else "[]::varchar[]") -}}
+{#- Local candidate folder of a partitioned mart: <ELT_HOME>/exports/<invocation>/<model>. -#}
+{% macro candidate_folder(name) %}
+    {{- return(adapter.dispatch('candidate_folder')(name)) -}}
+{% endmacro %}
+
+{#- elt_candidate_folder() is registered by loaders.dbt_plugin (it also checks the names). -#}
+{% macro default__candidate_folder(name) %}
+    {%- set found = run_query("select elt_candidate_folder('" ~ invocation_id ~ "', '" ~ name ~ "')") -%}
+    {{- return(found.columns[0].values()[0]) -}}
+{% endmacro %}
+
+{% macro spark__candidate_folder(name) %}
+    {{- return(env_var('ELT_HOME') ~ '/exports/' ~ invocation_id ~ '/' ~ name) -}}
 {% endmacro %}
 
 
-{#- Local candidate folder of a partitioned mart: elt_candidate_folder() is registered by loaders.dbt_plugin. -#}
-{% macro candidate_folder(name) %}
-    {%- set found = run_query("select elt_candidate_folder('" ~ invocation_id ~ "', '" ~ name ~ "')") -%}
-    {{- return(found.columns[0].values()[0]) -}}
+{#-
+    What the last published manifest of a partitioned mart says:
+    {refreshed_through, partitions: {partition: rows}, columns}.
+-#}
+{% macro published_state(name) %}
+    {{- return(adapter.dispatch('published_state')(name)) -}}
+{% endmacro %}
+
+{#- elt_published_state() is registered by loaders.dbt_plugin: it reads the manifest from S3. -#}
+{% macro default__published_state(name) %}
+    {%- set found = run_query("select elt_published_state('" ~ name ~ "')") -%}
+    {{- return(fromjson(found.columns[0].values()[0])) -}}
+{% endmacro %}
+
+{#- On Spark, `elt run` reads the manifests before the build and passes them as a variable. -#}
+{% macro spark__published_state(name) %}
+    {%- set nothing = {'refreshed_through': none, 'partitions': {}, 'columns': none} -%}
+    {{- return(var('elt_published', {}).get(name, nothing)) -}}
+{% endmacro %}
+
+
+{#-
+    A candidate CSV: the columns of the relation's rows matching `where`,
+    header first, ordered by `order_by`. DuckDB writes it at `path`. Spark
+    writes a folder `<path>.d` of Parquet with each row's place in that
+    order (_export_order); loaders/spark.py turns it into the file DuckDB
+    would have written, with DuckDB, so both engines publish the same bytes.
+-#}
+{% macro export_csv(columns, relation, where, order_by, path) %}
+    {{- return(adapter.dispatch('export_csv')(columns, relation, where, order_by, path)) -}}
+{% endmacro %}
+
+{% macro default__export_csv(columns, relation, where, order_by, path) -%}
+    copy (select {{ columns }} from {{ relation }} where {{ where }}
+        order by {{ order_by | join(', ') }}) to '{{ path }}' (format csv, header true)
+{%- endmacro %}
+
+{% macro spark__export_csv(columns, relation, where, order_by, path) -%}
+    insert overwrite directory '{{ path }}.d' using parquet
+    select {{ columns }}, row_number() over (order by {{ order_by | join(', ') }}) as _export_order
+    from {{ relation }} where {{ where }}
+{%- endmacro %}
+
+
+{#- A candidate JSON file (a JSON object per line) of a query; Spark writes a folder `<path>.d`. -#}
+{% macro export_json(query, path) %}
+    {{- return(adapter.dispatch('export_json')(query, path)) -}}
+{% endmacro %}
+
+{% macro default__export_json(query, path) -%}
+    copy ({{ query }}) to '{{ path }}' (format json)
+{%- endmacro %}
+
+{#- Timestamps to the microsecond, as DuckDB writes them: the next run compares with them. -#}
+{% macro spark__export_json(query, path) -%}
+    insert overwrite directory '{{ path }}.d' using json
+    options (timestampFormat "yyyy-MM-dd HH:mm:ss.SSSSSSXXX")
+    {{ query }}
+{%- endmacro %}
+
+
+{#- Statements a hook runs: DuckDB takes them as one string; Spark runs one at a time. -#}
+{% macro run_statements(statements) %}
+    {{- return(adapter.dispatch('run_statements')(statements)) -}}
+{% endmacro %}
+
+{% macro default__run_statements(statements) %}
+    {{- return(statements | join(";\n")) -}}
+{% endmacro %}
+
+{% macro spark__run_statements(statements) %}
+    {%- for statement in statements -%}
+        {%- do run_query(statement) -%}
+    {%- endfor -%}
+    {{- return('') -}}
 {% endmacro %}
 
 
@@ -208,16 +285,25 @@
 {#- A text cell starting with = + - @ tab or CR gets a leading ' so spreadsheets show it as text. -#}
 {% macro csv_safe_text(expression) -%}
     case
-        when regexp_matches({{ expression }}, '^[=+\-@\t\r]') then '''' || {{ expression }}
+        when {{ starts_like_a_formula(expression) }} then '''' || {{ expression }}
         else {{ expression }}
     end
 {%- endmacro %}
 
 
-{#- Local file of a model's candidate: elt_candidate_path() is registered by loaders.dbt_plugin. -#}
+{#- Local file of a model's candidate: <ELT_HOME>/exports/<invocation>/<model>.csv. -#}
 {% macro candidate_path(name) %}
+    {{- return(adapter.dispatch('candidate_path')(name)) -}}
+{% endmacro %}
+
+{#- elt_candidate_path() is registered by loaders.dbt_plugin (it also checks the names). -#}
+{% macro default__candidate_path(name) %}
     {%- set found = run_query("select elt_candidate_path('" ~ invocation_id ~ "', '" ~ name ~ "')") -%}
     {{- return(found.columns[0].values()[0]) -}}
+{% endmacro %}
+
+{% macro spark__candidate_path(name) %}
+    {{- return(env_var('ELT_HOME') ~ '/exports/' ~ invocation_id ~ '/' ~ name ~ '.csv') -}}
 {% endmacro %}
 
 
@@ -256,14 +342,47 @@
         {%- endif -%}
         {%- if blockers -%}
             {{ log("not publishing " ~ result.node.name ~ ": " ~ blockers | join(', '), info=true) }}
-            {%- do statements.append("select elt_discard_object('" ~ candidate ~ "')") -%}
+            {%- do statements.append(publish_action('discard', candidate, result.node.name)) -%}
         {%- elif partitioned -%}
             {{ log("publishing the changed parts of marts/" ~ result.node.name ~ "/", info=true) }}
-            {%- do statements.append("select elt_publish_partitions('" ~ candidate ~ "', '" ~ result.node.name ~ "', '" ~ invocation_id ~ "')") -%}
+            {%- do statements.append(publish_action('partitions', candidate, result.node.name)) -%}
         {%- else -%}
             {{ log("publishing marts/" ~ result.node.name ~ ".csv", info=true) }}
-            {%- do statements.append("select elt_publish_object('" ~ candidate ~ "', 'marts/" ~ result.node.name ~ ".csv')") -%}
+            {%- do statements.append(publish_action('object', candidate, result.node.name)) -%}
         {%- endif -%}
     {%- endfor -%}
-    {{ return(statements | join(';\n')) }}
+    {{ return(run_statements(statements | reject('equalto', '') | list)) }}
+{% endmacro %}
+
+
+
+{#-
+    What publish_marts() decided for a candidate: `discard`, or publish it
+    (`partitions` of a partitioned mart, `object` otherwise). On DuckDB the
+    functions loaders.dbt_plugin registers act at once. On Spark the decision
+    is written beside the candidate (`<candidate>.publish.d`), and `elt run`
+    publishes the candidates so marked once dbt is done (loaders/spark.py):
+    an unmarked candidate is discarded.
+-#}
+{% macro publish_action(action, candidate, name) %}
+    {{- return(adapter.dispatch('publish_action')(action, candidate, name)) -}}
+{% endmacro %}
+
+{% macro default__publish_action(action, candidate, name) %}
+    {%- if action == 'discard' -%}
+        {{- return("select elt_discard_object('" ~ candidate ~ "')") -}}
+    {%- elif action == 'partitions' -%}
+        {{- return("select elt_publish_partitions('" ~ candidate ~ "', '" ~ name ~ "', '"
+            ~ invocation_id ~ "')") -}}
+    {%- else -%}
+        {{- return("select elt_publish_object('" ~ candidate ~ "', 'marts/" ~ name ~ ".csv')") -}}
+    {%- endif -%}
+{% endmacro %}
+
+{% macro spark__publish_action(action, candidate, name) %}
+    {%- if action == 'discard' -%}
+        {{- return('') -}}
+    {%- endif -%}
+    {{- return("insert overwrite directory '" ~ candidate ~ ".publish.d' using json select '"
+        ~ action ~ "' as action, '" ~ name ~ "' as model") -}}
 {% endmacro %}

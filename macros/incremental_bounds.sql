@@ -20,7 +20,7 @@
         Returns: a dict of SQL expressions {since, low, high}.
     -#}
     {%- set since_sql -%}
-        select coalesce(max(built.{{ changed_column }}), cast('-infinity' as timestamptz))
+        select coalesce(max(built.{{ changed_column }}), {{ min_timestamp() }})
         from {{ this }} as built
     {%- endset -%}
     {%- if not execute or model.resource_type == 'unit_test' -%}
@@ -34,12 +34,14 @@
         }) }}
     {%- endif -%}
     {#- As text: a timestamptz printed by DuckDB reads back to the same microsecond. -#}
-    {%- set since = run_query('select cast((' ~ since_sql ~ ') as varchar)').columns[0].values()[0] -%}
-    {%- set since_literal = "cast('" ~ since ~ "' as timestamptz)" -%}
+    {%- set since = run_query(
+        'select cast((' ~ since_sql ~ ') as ' ~ dbt.type_string() ~ ')'
+    ).columns[0].values()[0] -%}
+    {%- set since_literal = "cast('" ~ since ~ "' as " ~ timestamptz() ~ ")" -%}
     {%- set span_sql -%}
         select
-            cast(min({{ span_column }}) as varchar),
-            cast(max({{ span_column }}) as varchar)
+            cast(min({{ span_column }}) as {{ dbt.type_string() }}),
+            cast(max({{ span_column }}) as {{ dbt.type_string() }})
         from {{ upstream }}
         where {{ changed_column }} > {{ since_literal }}
     {%- endset -%}

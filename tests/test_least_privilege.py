@@ -31,7 +31,7 @@ def pipeline_client(elt: Elt):
 
 
 @pytest.mark.unit
-def test_pipeline_policy_in_the_repo_grants_exactly_list_raw_get_raw_publish_marts_write_lake() -> None:
+def test_pipeline_policy_grants_exactly_list_raw_get_raw_publish_marts_write_lake() -> None:
     policy = json.loads((PROJECT / "iam" / "elt-pipeline-policy.json").read_text())
     grants = {
         (action, s["Resource"], json.dumps(s.get("Condition"), sort_keys=True))

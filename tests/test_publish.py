@@ -148,8 +148,8 @@ def test_a_model_failing_midway_keeps_tables_and_csvs_and_skips_downstream(
     model = folder / "int_turnstile_intervals.sql"
     model.write_text(
         model.read_text().replace(
-            "select * from flagged",
-            "select *, cast(turnstile_id as integer) as broken from flagged",
+            "        coalesce(entries_delta >",
+            "        cast(turnstile_id as integer) as broken,\n        coalesce(entries_delta >",
         )
     )
     elt.put("raw/turnstile/400000_d.csv", week_csv(3, day="03/05/2031", start=7300))

@@ -2,7 +2,8 @@
     config(
         materialized='incremental',
         unique_key=['turnstile_id', 'reading_at'],
-        incremental_strategy='delete+insert',
+        incremental_strategy=incremental_strategy(),
+        partition_by=incremental_partitions(),
         on_schema_change='append_new_columns',
     )
 }}
@@ -11,7 +12,8 @@ with
 
 readings as (
 
-    select * exclude (_refreshed_at) from {{ ref('int_turnstile_readings_deduplicated') }}
+    select {{ star_except(['_refreshed_at'], built=true) }}
+    from {{ ref('int_turnstile_readings_deduplicated') }}
 
 ),
 
@@ -64,8 +66,8 @@ anchors_{{ loop.index }} as (
     select
         changed_turnstiles.turnstile_id,
         max(built.reading_at) as anchor_at,
-        arg_max(built.cumulative_entries, built.reading_at) as anchor_entries,
-        arg_max(built.cumulative_exits, built.reading_at) as anchor_exits
+        max_by(built.cumulative_entries, built.reading_at) as anchor_entries,
+        max_by(built.cumulative_exits, built.reading_at) as anchor_exits
 
     from changed_turnstiles
 
@@ -179,16 +181,20 @@ deltas as (
 flagged as (
 
     select
-        * exclude (anchor_at, anchor_entries, anchor_exits),
+        {{ star_except(['anchor_at', 'anchor_entries', 'anchor_exits']) }},
         coalesce(entries_delta > {{ var('anomaly_threshold') }}, false) as is_entries_anomaly,
         coalesce(exits_delta > {{ var('anomaly_threshold') }}, false) as is_exits_anomaly,
         -- When this row was (re)computed: downstream models rebuild the days it touches.
-        cast('{{ run_started_at }}' as timestamptz) as _refreshed_at
+        cast('{{ run_started_at }}' as {{ timestamptz() }}) as _refreshed_at
 
     from deltas
 
 )
 
 -- In time order: later runs' filters on reading_at and service_date skip old row groups.
-select * from flagged
-order by reading_at, turnstile_id
+{{ complete_partitions(
+    'flagged',
+    unique_key=['turnstile_id', 'reading_at'],
+    time_column='reading_at',
+    order_by='reading_at, turnstile_id',
+) }}

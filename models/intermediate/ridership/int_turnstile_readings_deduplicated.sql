@@ -2,7 +2,8 @@
     config(
         materialized='incremental',
         unique_key=['turnstile_id', 'reading_at'],
-        incremental_strategy='delete+insert',
+        incremental_strategy=incremental_strategy(),
+        partition_by=incremental_partitions(),
         on_schema_change='append_new_columns',
     )
 }}
@@ -26,7 +27,7 @@ new_readings as (
 
     where
         _loaded_at > (
-            select coalesce(max(built._loaded_at), cast('-infinity' as timestamptz))
+            select coalesce(max(built._loaded_at), {{ min_timestamp() }})
             from {{ this }} as built
         )
 
@@ -47,7 +48,7 @@ current_winners as (
     -- The reading kept so far at each of those turnstile times: it already
     -- beat every older reading there, so only it competes with the new ones.
     -- Its _refreshed_at is set anew below.
-    select built.* exclude (_refreshed_at)  -- noqa: RF02
+    select {{ star_except(['_refreshed_at'], 'built', built=true) }}  -- noqa: RF02
 
     from {{ this }} as built
 
@@ -68,7 +69,7 @@ candidates as (
 
     select * from new_readings
 
-    union all by name
+    {{ union_all_by_name() }}
 
     select * from current_winners
 
@@ -108,9 +109,9 @@ ranked as (
 deduplicated as (
 
     select
-        * exclude (preference_rank),
+        {{ star_except(['preference_rank']) }},
         -- When this row was (re)chosen: tests check the rows the last run wrote.
-        cast('{{ run_started_at }}' as timestamptz) as _refreshed_at
+        cast('{{ run_started_at }}' as {{ timestamptz() }}) as _refreshed_at
 
     from ranked
 
@@ -119,5 +120,9 @@ deduplicated as (
 )
 
 -- In time order: later runs' filters on reading_at skip old row groups.
-select * from deduplicated
-order by reading_at, turnstile_id
+{{ complete_partitions(
+    'deduplicated',
+    unique_key=['turnstile_id', 'reading_at'],
+    time_column='reading_at',
+    order_by='reading_at, turnstile_id',
+) }}

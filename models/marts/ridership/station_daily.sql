@@ -2,7 +2,8 @@
     config(
         materialized='incremental',
         unique_key=['remote_unit', 'service_date'],
-        incremental_strategy='delete+insert',
+        incremental_strategy=incremental_strategy(),
+        partition_by=incremental_partitions(),
         on_schema_change='append_new_columns',
     )
 }}
@@ -121,5 +122,9 @@ final as (
 )
 
 -- In time order, like the tables it is built from.
-select * from final
-order by service_date, remote_unit
+{{ complete_partitions(
+    'final',
+    unique_key=['remote_unit', 'service_date'],
+    time_column='service_date',
+    order_by='service_date, remote_unit',
+) }}

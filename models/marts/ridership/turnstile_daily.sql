@@ -2,7 +2,8 @@
     config(
         materialized='incremental',
         unique_key=['turnstile_id', 'service_date'],
-        incremental_strategy='delete+insert',
+        incremental_strategy=incremental_strategy(),
+        partition_by=incremental_partitions(),
         on_schema_change='append_new_columns',
     )
 }}
@@ -73,9 +74,9 @@ daily as (
         any_value(remote_unit) as remote_unit,
         any_value(scp) as scp,
         -- Names can change within a day: take the day's latest reading's.
-        arg_max(station, reading_at) as station,
-        arg_max(line_names, reading_at) as line_names,
-        arg_max(division, reading_at) as division,
+        max_by(station, reading_at) as station,
+        max_by(line_names, reading_at) as line_names,
+        max_by(division, reading_at) as division,
         sum(entries_delta) filter (where not is_entries_anomaly) as entries,
         sum(exits_delta) filter (where not is_exits_anomaly) as exits,
         count(*) as readings,
@@ -110,5 +111,9 @@ final as (
 )
 
 -- In time order: later runs' filters on service_date skip old row groups.
-select * from final
-order by service_date, turnstile_id
+{{ complete_partitions(
+    'final',
+    unique_key=['turnstile_id', 'service_date'],
+    time_column='service_date',
+    order_by='service_date, turnstile_id',
+) }}

@@ -1,0 +1,176 @@
+{#
+    What differs between the engines the models run on, DuckDB (the default)
+    and Apache Spark (dbt-spark), each behind adapter.dispatch: the models
+    call these and stay one set of SQL. A spark__ macro is used on Spark,
+    default__ everywhere else.
+#}
+
+
+{#- The type of an instant (with its time zone): DuckDB timestamptz; Spark's timestamp is one. -#}
+{% macro timestamptz() %}
+    {{- return(adapter.dispatch('timestamptz')()) -}}
+{% endmacro %}
+
+{% macro default__timestamptz() %}timestamptz{% endmacro %}
+
+{% macro spark__timestamptz() %}timestamp{% endmacro %}
+
+
+{#- An instant before any reading: the watermark of an empty table. -#}
+{% macro min_timestamp() %}
+    {{- return(adapter.dispatch('min_timestamp')()) -}}
+{% endmacro %}
+
+{% macro default__min_timestamp() %}cast('-infinity' as timestamptz){% endmacro %}
+
+{#- Spark has no infinite timestamps (and Python's datetime no year 0): any
+    instant before the first turnstile reading will do. -#}
+{% macro spark__min_timestamp() %}timestamp '1900-01-01 00:00:00'{% endmacro %}
+
+
+{#-
+    Every column but some: `* exclude (...)` on DuckDB, `* except (...)` on
+    Spark. `alias` qualifies the star. `built=true` when reading a table this
+    project builds incrementally: on Spark it also carries _partition_month
+    (complete_partitions()), which is left out too.
+-#}
+{% macro star_except(columns, alias=none, built=false) %}
+    {%- set excluded = columns + (['_partition_month'] if built and target.type == 'spark' else []) -%}
+    {{- return(adapter.dispatch('star_except')(excluded, alias)) -}}
+{% endmacro %}
+
+{% macro default__star_except(columns, alias) -%}
+    {{ alias ~ '.' if alias }}* exclude ({{ columns | join(', ') }})
+{%- endmacro %}
+
+{% macro spark__star_except(columns, alias) -%}
+    {{ alias ~ '.' if alias }}* except ({{ columns | join(', ') }})
+{%- endmacro %}
+
+
+{#-
+    `union all` matching columns by name (DuckDB). Spark SQL has no such
+    operator: there the two sides must list the same columns in the same
+    order, which callers ensure (both read the same staging columns).
+-#}
+{% macro union_all_by_name() %}
+    {{- return(adapter.dispatch('union_all_by_name')()) -}}
+{% endmacro %}
+
+{% macro default__union_all_by_name() %}union all by name{% endmacro %}
+
+{% macro spark__union_all_by_name() %}union all{% endmacro %}
+
+
+{#- A date as text in a strftime format (%Y, %m, %d, %H, %M, %S). -#}
+{% macro date_text(expression, format) %}
+    {{- return(adapter.dispatch('date_text')(expression, format)) -}}
+{% endmacro %}
+
+{% macro default__date_text(expression, format) -%}
+    strftime({{ expression }}, '{{ format }}')
+{%- endmacro %}
+
+{% macro spark__date_text(expression, format) -%}
+    date_format({{ expression }}, '{{ java_datetime_pattern(format) }}')
+{%- endmacro %}
+
+
+{#- A strftime format as the Java pattern Spark parses and prints with. -#}
+{% macro java_datetime_pattern(format) %}
+    {%- set pattern = format -%}
+    {%- for strftime, java in [('%Y', 'yyyy'), ('%m', 'MM'), ('%d', 'dd'), ('%H', 'HH'),
+            ('%M', 'mm'), ('%S', 'ss')] -%}
+        {%- set pattern = pattern | replace(strftime, java) -%}
+    {%- endfor -%}
+    {%- if '%' in pattern -%}
+        {{ exceptions.raise_compiler_error("no Spark pattern for the format " ~ format) }}
+    {%- endif -%}
+    {{- return(pattern) -}}
+{% endmacro %}
+
+
+{#- Whether a text value starts with a character spreadsheets run (=, +, -, @, tab, CR). -#}
+{% macro starts_like_a_formula(expression) %}
+    {{- return(adapter.dispatch('starts_like_a_formula')(expression)) -}}
+{% endmacro %}
+
+{% macro default__starts_like_a_formula(expression) -%}
+    regexp_matches({{ expression }}, '^[=+\-@\t\r]')
+{%- endmacro %}
+
+{#- Spark unescapes its string literals: \\t reaches the regex as \t. -#}
+{% macro spark__starts_like_a_formula(expression) -%}
+    {{ expression }} rlike '^[-=+@\\t\\r]'
+{%- endmacro %}
+
+
+{#- A SQL list of text values, empty or not. -#}
+{% macro text_list(values) %}
+    {{- return(adapter.dispatch('text_list')(values)) -}}
+{% endmacro %}
+
+{% macro default__text_list(values) -%}
+    {{ "['" ~ values | join("', '") ~ "']" if values else "[]::varchar[]" }}
+{%- endmacro %}
+
+{% macro spark__text_list(values) -%}
+    {{ "array('" ~ values | join("', '") ~ "')" if values else "cast(array() as array<string>)" }}
+{%- endmacro %}
+
+
+{#-
+    How an incremental model writes a run's rows. DuckDB: delete+insert by
+    the unique key. Spark's plain Parquet tables have no delete: a run
+    overwrites whole partitions (insert_overwrite, by month of the model's
+    time column), so it writes complete months (complete_partitions()).
+-#}
+{% macro incremental_strategy() %}
+    {{- return('insert_overwrite' if target.type == 'spark' else 'delete+insert') -}}
+{% endmacro %}
+
+{% macro incremental_partitions() %}
+    {{- return(['_partition_month'] if target.type == 'spark' else none) -}}
+{% endmacro %}
+
+
+{#-
+    The rows an incremental model writes, from its last CTE `rows` (the new
+    and changed rows, keyed by `unique_key`), in time order (`order_by`).
+
+    DuckDB (delete+insert) writes them as they are, in time order, so later
+    runs' filters on time skip old row groups. On Spark each row gets
+    _partition_month (the month of `time_column`) and, in an incremental
+    run, the rows of the months it touches that it does not replace are
+    carried over from the table: the month is then overwritten whole.
+-#}
+{% macro complete_partitions(rows, unique_key, time_column, order_by) %}
+    {{- return(adapter.dispatch('complete_partitions')(rows, unique_key, time_column, order_by)) -}}
+{% endmacro %}
+
+{% macro default__complete_partitions(rows, unique_key, time_column, order_by) -%}
+select * from {{ rows }}
+order by {{ order_by }}
+{%- endmacro %}
+
+{% macro spark__complete_partitions(rows, unique_key, time_column, order_by) -%}
+{%- set month = "cast(date_trunc('MM', " ~ time_column ~ ") as date)" -%}
+select
+    *,
+    {{ month }} as _partition_month
+from {{ rows }}
+{% if is_incremental() %}
+union all
+select kept.*
+from {{ this }} as kept
+where
+    kept._partition_month in (select distinct {{ month }} from {{ rows }})
+    and not exists (
+        select 1 from {{ rows }} as changed
+        where
+            {%- for key in unique_key %}
+            {{ 'and ' if not loop.first }}changed.{{ key }} = kept.{{ key }}
+            {%- endfor %}
+    )
+{% endif %}
+{%- endmacro %}
