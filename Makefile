@@ -11,17 +11,26 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install browser demo test test-fast lint docs serve bench down clean
+.PHONY: install spark browser demo test test-fast lint docs serve bench down clean
 
 $(UV):
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# --inexact: a sync never removes another group's packages (spark, bench).
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(BIN)/python
+	$(UV) sync --frozen --inexact --python $(BIN)/python
 	touch $@
 
 install: $(VENV)/.synced
+
+# The Spark target's packages (dbt-spark, pyspark: built once from its source
+# archive into uv's cache). Java 17 must be on the machine.
+$(VENV)/.synced-spark: pyproject.toml uv.lock | $(VENV)/.synced
+	$(UV) sync --frozen --inexact --python $(BIN)/python --group spark
+	touch $@
+
+spark: $(VENV)/.synced-spark
 
 # The browser test of `elt serve` drives Debian's chromium (no browser download).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -46,7 +55,7 @@ demo: install
 # A pytest worker per core (pytest-xdist); each test module runs whole on one
 # worker, with its own local S3 server, ELT_HOME and ports.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-test: install browser lint
+test: install spark browser lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # The inner loop: unit tests only (no S3 server, no dbt), in seconds.
@@ -67,8 +76,8 @@ docs: install
 # Benchmarks (not part of `make test`): 2, 32 and 256 weeks, about an hour on
 # 2 cores. Rewrites bench/README.md and bench/results/latest.json.
 BENCH_ARGS ?= --scales 2,32,256 --repeat 3
-bench: install
-	$(UV) sync --frozen --python $(BIN)/python --group bench
+bench: install spark
+	$(UV) sync --frozen --inexact --python $(BIN)/python --group bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The read-only page of published marts, rejects and a station chart.

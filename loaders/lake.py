@@ -167,6 +167,12 @@ def sync(
         )
         _set_state(conn, "lake_ledger", digest)
         done.ledger = True
+    # Each dataset's folder (a key ending in "/"), once, even before its first
+    # load: a reader that lists it finds it.
+    for name in datasets:
+        if _state(conn, f"lake_folder:{name}") is None:
+            s3.put_object(Bucket=bucket, Key=f"{PREFIX}raw/{name}/", Body=b"")
+            _set_state(conn, f"lake_folder:{name}", "written")
     # Files of loads the ledger now names superseded: garbage, once it is written.
     for load_id, key in conn.execute(
         f"select files.load_id, files.lake_key from {FILES} as files "

@@ -168,7 +168,7 @@ def _free_ports(count: int) -> list[int]:
         return ports
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -221,7 +221,7 @@ def read_state(home: Path) -> ServerState | None:
     except (OSError, ValueError):
         return None
     state = ServerState(pid=int(data["pid"]), ports={k: int(v) for k, v in data["ports"].items()})
-    return state if _pid_alive(state.pid) else None
+    return state if pid_alive(state.pid) else None
 
 
 def weed_binary() -> str:
@@ -342,9 +342,13 @@ def _start_once(home: Path, identities: Path, log_path: Path) -> ServerState:
 def stop(home: Path) -> bool:
     """Stop the server of ``home``; return whether one was running.
 
-    Sends SIGINT (SeaweedFS starts to stop on it), waits ``STOP_GRACE_S``
+    Unmounts the bucket's FUSE mount first (:func:`loaders.fuse.unmount`), if
+    any. Sends SIGINT (SeaweedFS starts to stop on it), waits ``STOP_GRACE_S``
     seconds, then SIGKILLs the process group, and waits for its ports to close.
     """
+    from loaders import fuse  # the bucket's FUSE mount goes first: it uses the server
+
+    fuse.unmount(home)
     state = read_state(home)
     (state_dir(home) / "server.json").unlink(missing_ok=True)
     if state is None:
@@ -352,9 +356,9 @@ def stop(home: Path) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(state.pid, signal.SIGINT)
     deadline = time.monotonic() + STOP_GRACE_S
-    while _pid_alive(state.pid) and time.monotonic() < deadline:
+    while pid_alive(state.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _pid_alive(state.pid):
+    if pid_alive(state.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(state.pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):

@@ -149,12 +149,13 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def dbt(settings: Settings, args: list[str]) -> Any:
+def dbt(settings: Settings, args: list[str], env: dict[str, str] | None = None) -> Any:
     """Invoke dbt in-process on the project with these settings' target.
 
     Args:
         settings: Target, project and state directory.
         args: dbt command and flags, e.g. ``["build", "--select", "marts"]``.
+        env: More environment variables for this invocation.
 
     Returns:
         dbt's ``dbtRunnerResult``.
@@ -187,7 +188,7 @@ def dbt(settings: Settings, args: list[str]) -> Any:
         "--no-use-colors",
     ]
     _use_parse_of_this_project(settings)
-    with _environment(settings.dbt_env()):
+    with _environment({**settings.dbt_env(), **(env or {})}):
         try:
             return dbtRunner(callbacks=[logs.dbt_event]).invoke(argv)
         finally:
@@ -295,8 +296,13 @@ def build(
     full_refresh: bool = False,
     select: list[str] | None = None,
     nodes: list[tuple[str, str, float]] | None = None,
+    lake_written: list[str] | None = None,
 ) -> Built:
     """``dbt build`` (seeds, models, data tests, exports; no unit tests) on the settings' target.
+
+    On the Spark engine the lake is made ready first and the marked
+    candidates are published after (:mod:`loaders.spark`); on DuckDB dbt's
+    own hooks publish.
 
     Args:
         settings: Target and project.
@@ -304,6 +310,8 @@ def build(
         select: dbt selectors (``@source:mta.turnstile``); ``None`` builds all.
         nodes: Filled with ``(unique_id, status, seconds)`` per node dbt ran,
             also when the build fails.
+        lake_written: Keys the load step wrote under ``lake/`` (Spark waits
+            until they show through its mount).
 
     Returns:
         Every node dbt ran, and the models it built that export a CSV
@@ -319,7 +327,21 @@ def build(
     args += ["--full-refresh"] if full_refresh else []
     if select:
         args += ["--select", *select]
-    result = dbt(settings, args)
+    if settings.engine == "spark":
+        from loaders import spark  # the Spark side of a run: only this engine needs it
+
+        client = s3_mod.client(s3_mod.connection(settings.lake, settings.home))
+        try:
+            env = spark.prepare(settings, client, lake_written or [])
+        except EltError as exc:
+            raise StepError("dbt build", f"the lake is not ready for Spark: {exc}") from exc
+        result = dbt(settings, args, env)
+        try:
+            spark.publish_marked(settings, client, os.environ.get("ELT_RUN_ID") or "manual")
+        except EltError as exc:
+            raise StepError("export", str(exc)) from exc
+    else:
+        result = dbt(settings, args)
     results = getattr(result.result, "results", None) or []
     ran = [(n.node.unique_id, str(n.status), float(n.execution_time or 0.0)) for n in results]
     if nodes is not None:
@@ -534,7 +556,10 @@ def run(
                 step = time.monotonic()
                 build_started_at = datetime.now(UTC)
                 try:
-                    built = build(settings, full, select, report.dbt_nodes)
+                    written = landing.synced.written if landing.synced else []
+                    if landing.synced and landing.synced.ledger:
+                        written = [*written, lake.LEDGER_KEY]
+                    built = build(settings, full, select, report.dbt_nodes, written)
                     if full:
                         _refreshed_in_full(settings, build_started_at)
                 except StepError as exc:

@@ -78,15 +78,15 @@
 
 {#- A strftime format as the Java pattern Spark parses and prints with. -#}
 {% macro java_datetime_pattern(format) %}
-    {%- set pattern = format -%}
+    {%- set pattern = namespace(text=format) -%}
     {%- for strftime, java in [('%Y', 'yyyy'), ('%m', 'MM'), ('%d', 'dd'), ('%H', 'HH'),
             ('%M', 'mm'), ('%S', 'ss')] -%}
-        {%- set pattern = pattern | replace(strftime, java) -%}
+        {%- set pattern.text = pattern.text | replace(strftime, java) -%}
     {%- endfor -%}
-    {%- if '%' in pattern -%}
+    {%- if '%' in pattern.text -%}
         {{ exceptions.raise_compiler_error("no Spark pattern for the format " ~ format) }}
     {%- endif -%}
-    {{- return(pattern) -}}
+    {{- return(pattern.text) -}}
 {% endmacro %}
 
 
@@ -129,8 +129,13 @@
     {{- return('insert_overwrite' if target.type == 'spark' else 'delete+insert') -}}
 {% endmacro %}
 
-{% macro incremental_partitions() %}
-    {{- return(['_partition_month'] if target.type == 'spark' else none) -}}
+{#-
+    The partition column of a model on Spark: `column` (a date column of the
+    model's own, as contracted marts need), else _partition_month, added by
+    complete_partitions(). None on DuckDB.
+-#}
+{% macro incremental_partitions(column=none) %}
+    {{- return([column or '_partition_month'] if target.type == 'spark' else none) -}}
 {% endmacro %}
 
 
@@ -139,32 +144,46 @@
     and changed rows, keyed by `unique_key`), in time order (`order_by`).
 
     DuckDB (delete+insert) writes them as they are, in time order, so later
-    runs' filters on time skip old row groups. On Spark each row gets
-    _partition_month (the month of `time_column`) and, in an incremental
-    run, the rows of the months it touches that it does not replace are
-    carried over from the table: the month is then overwritten whole.
+    runs' filters on time skip old row groups. On Spark a run overwrites
+    whole partitions: those of `partition_column` (a date column of the
+    rows), or else of _partition_month, the month of `time_column`, added to
+    each row. In an incremental run the rows of the partitions it touches
+    that it does not replace are carried over from the table.
 -#}
-{% macro complete_partitions(rows, unique_key, time_column, order_by) %}
-    {{- return(adapter.dispatch('complete_partitions')(rows, unique_key, time_column, order_by)) -}}
+{% macro complete_partitions(rows, unique_key, time_column, order_by, partition_column=none) %}
+    {{- return(adapter.dispatch('complete_partitions')(
+        rows, unique_key, time_column, order_by, partition_column
+    )) -}}
 {% endmacro %}
 
-{% macro default__complete_partitions(rows, unique_key, time_column, order_by) -%}
+{% macro default__complete_partitions(rows, unique_key, time_column, order_by, partition_column) -%}
 select * from {{ rows }}
 order by {{ order_by }}
 {%- endmacro %}
 
-{% macro spark__complete_partitions(rows, unique_key, time_column, order_by) -%}
-{%- set month = "cast(date_trunc('MM', " ~ time_column ~ ") as date)" -%}
+{% macro spark__complete_partitions(rows, unique_key, time_column, order_by, partition_column) -%}
+{%- if partition_column -%}
+    {%- set partition = partition_column -%}
+{#- Spark keeps a table's partition column last: the carried-over rows have it there. #}
+select
+    {{ star_except([partition_column]) }},
+    {{ partition_column }}
+from {{ rows }}
+{%- else -%}
+    {%- set partition = "cast(date_trunc('MM', " ~ time_column ~ ") as date)" -%}
 select
     *,
-    {{ month }} as _partition_month
+    {{ partition }} as _partition_month
 from {{ rows }}
+{%- endif %}
 {% if is_incremental() %}
 union all
 select kept.*
 from {{ this }} as kept
 where
-    kept._partition_month in (select distinct {{ month }} from {{ rows }})
+    kept.{{ partition_column or '_partition_month' }} in (
+        select distinct {{ partition }} from {{ rows }}
+    )
     and not exists (
         select 1 from {{ rows }} as changed
         where

@@ -71,10 +71,7 @@
     {%- set folder = candidate_folder(relation.identifier) -%}
     {%- set previous = published_state(relation.identifier) -%}
     {%- set names = adapter.get_columns_in_relation(relation) | map(attribute='name') | list -%}
-    {%- set columns = [] -%}
-    {%- for name in names if not name.startswith('_') -%}
-        {%- do columns.append(name) -%}
-    {%- endfor -%}
+    {%- set columns = exported_columns(relation) | map(attribute='name') | list -%}
     {%- set incremental = '_refreshed_at' in names and previous.refreshed_through
         and previous.columns == columns -%}
     {%- set changed = [] -%}
@@ -270,7 +267,7 @@
 {#- The relation's columns for export: "_" columns dropped, text escaped (OWASP CSV injection). -#}
 {% macro export_columns(relation) %}
     {%- set selected = [] -%}
-    {%- for column in adapter.get_columns_in_relation(relation) if not column.name.startswith('_') -%}
+    {%- for column in exported_columns(relation) -%}
         {%- set name = adapter.quote(column.name) -%}
         {%- if column.is_string() -%}
             {%- do selected.append(csv_safe_text(name) ~ ' as ' ~ name) -%}
@@ -289,6 +286,31 @@
         else {{ expression }}
     end
 {%- endmacro %}
+
+
+{#-
+    The relation's columns a CSV holds: not the "_" ones, in the order the
+    model's YAML declares them (Spark keeps a table's partition column last),
+    any undeclared one after them in the table's order.
+-#}
+{% macro exported_columns(relation) %}
+    {%- set declared = (model.columns or {}).keys() | list if model is mapping else [] -%}
+    {%- set found = adapter.get_columns_in_relation(relation) -%}
+    {%- set ordered = [] -%}
+    {%- for name in declared -%}
+        {%- for column in found if column.name == name -%}
+            {%- do ordered.append(column) -%}
+        {%- endfor -%}
+    {%- endfor -%}
+    {%- for column in found if column.name not in declared -%}
+        {%- do ordered.append(column) -%}
+    {%- endfor -%}
+    {%- set exported = [] -%}
+    {%- for column in ordered if not column.name.startswith('_') -%}
+        {%- do exported.append(column) -%}
+    {%- endfor -%}
+    {{- return(exported) -}}
+{% endmacro %}
 
 
 {#- Local file of a model's candidate: <ELT_HOME>/exports/<invocation>/<model>.csv. -#}

@@ -3,7 +3,7 @@
         materialized='incremental',
         unique_key=['remote_unit', 'service_date'],
         incremental_strategy=incremental_strategy(),
-        partition_by=incremental_partitions(),
+        partition_by=incremental_partitions('service_date'),
         on_schema_change='append_new_columns',
     )
 }}
@@ -127,4 +127,5 @@ final as (
     unique_key=['remote_unit', 'service_date'],
     time_column='service_date',
     order_by='service_date, remote_unit',
+    partition_column='service_date',
 ) }}

@@ -3,7 +3,7 @@
         materialized='incremental',
         unique_key=['turnstile_id', 'service_date'],
         incremental_strategy=incremental_strategy(),
-        partition_by=incremental_partitions(),
+        partition_by=incremental_partitions('service_date'),
         on_schema_change='append_new_columns',
     )
 }}
@@ -116,4 +116,5 @@ final as (
     unique_key=['turnstile_id', 'service_date'],
     time_column='service_date',
     order_by='service_date, turnstile_id',
+    partition_column='service_date',
 ) }}
