@@ -39,7 +39,7 @@ def shift_week(source: Path, days: int, target: Path) -> Path:
                 copy (
                     select * replace (
                         strftime(
-                            strptime("DATE", '%m/%d/%Y') + interval {int(days)} day, '%m/%d/%Y'
+                            strptime("DATE", '%m/%d/%Y') + interval ({int(days)}) day, '%m/%d/%Y'
                         ) as "DATE"
                     )
                     from read_csv(?, header = true, all_varchar = true)

@@ -192,4 +192,6 @@ where
             {%- endfor %}
     )
 {% endif %}
+{#- One task writes each partition: one file per partition, not one per task. #}
+distribute by {{ partition_column or '_partition_month' }}
 {%- endmacro %}

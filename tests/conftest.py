@@ -283,6 +283,7 @@ def elt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
 # The longest modules first: a worker each (pytest-xdist, --dist loadscope)
 # starts with them, and the short ones fill in, so no long module runs last alone.
 LONGEST_FIRST = (
+    "test_spark.py",
     "test_crash.py",
     "test_publish.py",
     "test_watch.py",
