@@ -11,6 +11,8 @@ each timed ``--repeat`` times (the median is reported):
 ``landing``         the loader alone (``pipeline.load``) on an empty warehouse
 ``landing_lake``    the same, also writing the lake (``ELT_LAKE=true``: ``lake/`` in the bucket)
 ``landing_bare``    ``create table as select * from read_csv('s3://...')``
+``spark_cold``/``spark_steady`` the same as ``pipeline_*`` with ``ELT_TARGET=spark``
+                  (``--spark-scales``, 32 weeks by default), right after DuckDB's
 ``pandas``/``polars`` the stateless scripts of ``bench/scripts/`` (16 GB cap)
 
 Every command runs as a child process; its peak resident memory (with its
@@ -339,6 +341,11 @@ def bench_scale(
             for week in extra[:repeat]:
                 scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
 
+        if n in args.spark_scales:
+            records += spark_runs(scale, extra, repeat, records)
+            print(records[-2:], flush=True)
+            keep(records)
+
         bare_sql = str(PROJECT / "bench" / "bare.sql")
         bare = [
             measure([py, "-c", BARE, bare_sql, str(scale.home / "bench.duckdb")], scale.env)
@@ -400,8 +407,48 @@ def bench_scale(
         shutil.rmtree(scale.home, ignore_errors=True)
     bare_s = next(r.median_s for r in records if r.method == "bare")
     for record in records:
-        if record.median_s and bare_s and record.method != "pipeline_steady":
+        if record.median_s and bare_s and not record.method.endswith("_steady"):
             record.ratio_to_bare = round(record.median_s / bare_s, 2)
+    return records
+
+
+def spark_runs(scale: Scale, extra: list[Path], repeat: int, done: list[Record]) -> list[Record]:
+    """The Spark target (``ELT_TARGET=spark elt run``): cold, then one more week, as for DuckDB.
+
+    Right after DuckDB's runs at the same scale (``done``), so that the
+    ratios compare one sitting. A cold run starts with no warehouse, no
+    Spark catalog and nothing under ``marts/`` or ``lake/``.
+    """
+    env = {**scale.env, "ELT_TARGET": "spark"}
+    n = len(scale.weeks)
+    cold, splits, uploaded = [], [], []
+    for _ in range(repeat):
+        scale.empty_state()
+        shutil.rmtree(scale.home / "spark", ignore_errors=True)  # its tables went with lake/
+        cold.append(measure([ELT, "run"], env))
+        receipt = scale.last_receipt()
+        splits.append(receipt["timings"])
+        uploaded.append(receipt.get("uploaded_bytes", 0))
+    readings = sum(o["rows_loaded"] for o in receipt["objects"])
+    records = [pipeline_record(n, "spark_cold", cold, readings, splits, uploaded)]
+    steady, splits, uploaded = [], [], []
+    for week in extra[:repeat]:
+        s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
+        steady.append(measure([ELT, "run"], env))
+        receipt = scale.last_receipt()
+        splits.append(receipt["timings"])
+        uploaded.append(receipt.get("uploaded_bytes", 0))
+    for week in extra[:repeat]:
+        scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
+    if steady:
+        week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
+        records.append(pipeline_record(n, "spark_steady", steady, week_rows, splits, uploaded))
+    for record in records:
+        duck = next(
+            (r for r in done if r.method == record.method.replace("spark", "pipeline")), None
+        )
+        if duck and duck.median_s and record.median_s:
+            record.note = f"{record.median_s / duck.median_s:.1f}x DuckDB's ({duck.median_s:.1f} s)"
     return records
 
 
@@ -423,6 +470,8 @@ def one_week(root: Path, week: Path, repeat: int) -> Record:
 TITLES = {
     "pipeline_cold": "`elt run`, empty state",
     "pipeline_steady": "`elt run`, one more week",
+    "spark_cold": "`ELT_TARGET=spark elt run`, empty state",
+    "spark_steady": "`ELT_TARGET=spark elt run`, one more week",
     "one_week": "`elt run`, one week alone",
     "bare": "one DuckDB statement",
     "landing": "loader alone",
@@ -533,6 +582,13 @@ def targets(records: list[Record]) -> list[str]:
             f"{cold.peak_mb or 0:,} MB; target at most 1.6x, peak under 3,072 MB."
         )
     for scale in sorted({r.scale for r in records}):
+        for method in ("spark_cold", "spark_steady"):
+            spark = find(scale, method)
+            if spark and spark.median_s:
+                out.append(
+                    f"Spark target at {scale} weeks, {TITLES[method].split(', ')[1]}: "
+                    f"{spark.median_s:.1f} s, {spark.note}, peak {spark.peak_mb or 0:,} MB."
+                )
         landing, bare = find(scale, "landing"), find(scale, "landing_bare")
         if landing and bare and landing.median_s and bare.median_s:
             out.append(
@@ -571,6 +627,12 @@ def main() -> None:
         "--only-landing",
         action="store_true",
         help="time only the loader against a bare CTAS, at --scales; keep every other result",
+    )
+    parser.add_argument(
+        "--spark-scales",
+        default="32",
+        type=lambda s: {int(t) for t in s.split(",") if t},
+        help="scales at which to run the Spark target too, right after DuckDB",
     )
     parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--memory-limit-scale", type=int, default=256)

@@ -116,9 +116,13 @@ def test_page_lists_marts_links_download_and_chart_renders(elt: Elt, served: str
     # AND each part of the partitioned marts is listed with its dates and a working link
     parts = page.locator("#parts tr[data-mart='turnstile_daily']")
     assert parts.count() == 2
-    january = page.locator("#parts tr[data-partition='2024-01'] td").all_inner_texts()
+    january = page.locator(
+        "#parts tr[data-mart='turnstile_daily'][data-partition='2024-01'] td"
+    ).all_inner_texts()
     assert january[:4] == ["turnstile_daily", "2024-01", "2024-01-01 to 2024-01-20", "60161"]
-    link = page.locator("#parts tr[data-partition='2024-01'] a").get_attribute("href")
+    link = page.locator(
+        "#parts tr[data-mart='turnstile_daily'][data-partition='2024-01'] a"
+    ).get_attribute("href")
     assert link is not None
     assert page.request.get(link).body() == elt.get("marts/turnstile_daily/2024-01.csv")
     # AND the rejects of the dataset are listed
