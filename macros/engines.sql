@@ -147,8 +147,8 @@
     runs' filters on time skip old row groups. On Spark a run overwrites
     whole partitions: those of `partition_column` (a date column of the
     rows), or else of _partition_month, the month of `time_column`, added to
-    each row. In an incremental run the rows of the partitions it touches
-    that it does not replace are carried over from the table.
+    each row; the rows of those partitions the run does not replace are
+    carried over by the insert (macros/spark_insert_overwrite.sql).
 -#}
 {% macro complete_partitions(rows, unique_key, time_column, order_by, partition_column=none) %}
     {{- return(adapter.dispatch('complete_partitions')(
@@ -163,35 +163,17 @@ order by {{ order_by }}
 
 {% macro spark__complete_partitions(rows, unique_key, time_column, order_by, partition_column) -%}
 {%- if partition_column -%}
-    {%- set partition = partition_column -%}
-{#- Spark keeps a table's partition column last: the carried-over rows have it there. #}
+{#- Spark keeps a table's partition column last: the table has it there. #}
 select
     {{ star_except([partition_column]) }},
     {{ partition_column }}
 from {{ rows }}
 {%- else -%}
-    {%- set partition = "cast(date_trunc('MM', " ~ time_column ~ ") as date)" -%}
 select
     *,
-    {{ partition }} as _partition_month
+    cast(date_trunc('MM', {{ time_column }}) as date) as _partition_month
 from {{ rows }}
 {%- endif %}
-{% if is_incremental() %}
-union all
-select kept.*
-from {{ this }} as kept
-where
-    kept.{{ partition_column or '_partition_month' }} in (
-        select distinct {{ partition }} from {{ rows }}
-    )
-    and not exists (
-        select 1 from {{ rows }} as changed
-        where
-            {%- for key in unique_key %}
-            {{ 'and ' if not loop.first }}changed.{{ key }} = kept.{{ key }}
-            {%- endfor %}
-    )
-{% endif %}
 {#- One task writes each partition: one file per partition, not one per task. #}
 distribute by {{ partition_column or '_partition_month' }}
 {%- endmacro %}

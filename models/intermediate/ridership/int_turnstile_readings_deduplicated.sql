@@ -18,6 +18,11 @@ readings as (
 
 {% if is_incremental() %}
 
+{#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
+{%- set bounds = incremental_bounds(
+    ref('stg_mta__turnstile_readings'), '_loaded_at', 'reading_at', 'timestamp'
+) %}
+
 new_readings as (
 
     -- Readings landed since the last build, from any week, in any order.
@@ -25,11 +30,7 @@ new_readings as (
 
     from readings
 
-    where
-        _loaded_at > (
-            select coalesce(max(built._loaded_at), {{ min_timestamp() }})
-            from {{ this }} as built
-        )
+    where _loaded_at > {{ bounds.since }}
 
 ),
 
@@ -60,8 +61,8 @@ current_winners as (
     -- The table is kept in time order: only the row groups of the new
     -- readings' time span are read (their min/max), not the whole history.
     where
-        built.reading_at >= (select min(bounds.reading_at) from new_keys as bounds)
-        and built.reading_at <= (select max(bounds.reading_at) from new_keys as bounds)
+        built.reading_at >= {{ bounds.low }}
+        and built.reading_at <= {{ bounds.high }}
 
 ),
 
