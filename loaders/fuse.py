@@ -140,8 +140,8 @@ def _release(point: Path) -> bool:
     return True
 
 
-def wait_visible(path: Path, size: int, timeout_s: float = 30.0) -> None:
-    """Wait until ``path`` (under the mount) shows ``size`` bytes.
+def wait_visible(path: Path, size: int, body: bytes | None = None, timeout_s: float = 30.0) -> None:
+    """Wait until ``path`` (under the mount) shows ``size`` bytes (and, given, ``body``).
 
     Objects written through S3 reach the mount's view a moment later (it
     follows the filer's changes): a reader that lists them too soon would
@@ -153,7 +153,7 @@ def wait_visible(path: Path, size: int, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if path.stat().st_size == size:
+            if path.stat().st_size == size and (body is None or path.read_bytes() == body):
                 return
         time.sleep(0.05)
     raise ServerError(f"{path} did not show {size} bytes through the mount in {timeout_s:.0f}s")

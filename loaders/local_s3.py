@@ -139,12 +139,14 @@ def _write_identities(home: Path, bucket: str) -> Path:
         "elt": ["Admin", "Read", "Write", "List", "Tagging"],
         # Reads marts/ too: a partitioned publish reads its last manifest, and
         # composes the whole file from its parts on the server. Writes lake/:
-        # the raw data in the open (loaders/lake.py), when the target asks for it.
+        # the raw data in the open (loaders/lake.py), when the target asks for
+        # it, and reads its objects' sizes back (the Spark target's wait).
         "pipeline": [
             f"List:{bucket}",
             f"Read:{bucket}/raw/*",
             f"Read:{bucket}/marts/*",
             f"Write:{bucket}/marts/*",
+            f"Read:{bucket}/lake/*",
             f"Write:{bucket}/lake/*",
         ],
     }

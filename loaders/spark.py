@@ -54,9 +54,9 @@ def lake_root(settings: Settings) -> str:
 def prepare(settings: Settings, client: S3Client, written: list[str]) -> dict[str, str]:
     """Make the lake ready for Spark; return the environment dbt runs with.
 
-    Mounts the local bucket unless ``ELT_LAKE_ROOT`` points elsewhere, waits
-    until the lake objects the load step ``written`` (keys) show through the
-    mount, and writes ``<lake root>/elt/published.json``.
+    Writes ``lake/elt/published.json``; unless ``ELT_LAKE_ROOT`` points
+    elsewhere, mounts the local bucket and waits until it and the lake
+    objects the load step ``written`` (keys) show through the mount.
 
     Raises:
         ServerError: the local server is not running, or the mount did not
@@ -64,17 +64,17 @@ def prepare(settings: Settings, client: S3Client, written: list[str]) -> dict[st
         StorageError: a manifest or the state could not be read or written.
     """
     root = lake_root(settings)
-    states = json.dumps(published_states(client, settings.lake.bucket))
+    states = (json.dumps(published_states(client, settings.lake.bucket)) + "\n").encode()
+    # Through S3, as every lake object: one written through the mount was seen
+    # read back too soon, with zeros where its bytes were still being flushed.
+    key = lake.PREFIX + PUBLISHED
+    client.put_object(Bucket=settings.lake.bucket, Key=key, Body=states)
     if "ELT_LAKE_ROOT" not in os.environ:
         point = fuse.mount(settings.home, settings.lake.bucket)
-        for key in written:
-            size = client.head_object(Bucket=settings.lake.bucket, Key=key)["ContentLength"]
-            fuse.wait_visible(point / key, size)
-        state = Path(root) / PUBLISHED
-        state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(states + "\n")
-    else:
-        client.put_object(Bucket=settings.lake.bucket, Key=lake.PREFIX + PUBLISHED, Body=states)
+        for written_key in written:
+            head = client.head_object(Bucket=settings.lake.bucket, Key=written_key)
+            fuse.wait_visible(point / written_key, head["ContentLength"])
+        fuse.wait_visible(point / key, len(states), states)
     return {"ELT_LAKE_ROOT": root}
 
 

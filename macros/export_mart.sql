@@ -200,10 +200,17 @@
     {{- return(fromjson(found.columns[0].values()[0])) -}}
 {% endmacro %}
 
-{#- On Spark, `elt run` reads the manifests before the build and passes them as a variable. -#}
+{#-
+    On Spark, `elt run` writes every manifest's state to the lake before the
+    build, as one line of JSON (loaders/spark.py), and Spark reads it.
+-#}
 {% macro spark__published_state(name) %}
     {%- set nothing = {'refreshed_through': none, 'partitions': {}, 'columns': none} -%}
-    {{- return(var('elt_published', {}).get(name, nothing)) -}}
+    {%- set found = run_query(
+        "select value from text.`" ~ env_var('ELT_LAKE_ROOT') ~ "/elt/published.json`"
+    ) -%}
+    {%- set states = fromjson(found.rows[0][0]) if found.rows else {} -%}
+    {{- return(states.get(name, nothing)) -}}
 {% endmacro %}
 
 

@@ -10,6 +10,7 @@ injection), and any test that starts a long-lived ``elt`` (``watch``,
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import shutil
@@ -187,6 +188,21 @@ def week_csv(
     return ("\n".join(lines) + "\n").encode()
 
 
+def some_control_areas(week: Path, target: Path) -> Path:
+    """``week``'s header and its lines of control areas A.. to G.. and N2.. to N30.., gzipped.
+
+    The lines are kept byte for byte.
+    """
+    sliced = target / week.name
+    with gzip.open(week, "rb") as source, gzip.open(sliced, "wb") as out:
+        out.write(source.readline())
+        for line in source:
+            area = line.split(b",", 2)[1]
+            if area < b"H" or b"N2" <= area < b"N31":
+                out.write(line)
+    return sliced
+
+
 def project_copy(target: Path) -> Path:
     """A copy of the dbt project (models, macros, seeds, profiles) to alter in a test."""
     ignore = shutil.ignore_patterns(
@@ -277,6 +293,14 @@ def elt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
     home = tmp_path_factory.mktemp("elt_home")
     instance = started(home)
     yield instance
+    local_s3.stop(home)
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
+    """Another state directory with a server of its own, per test module (to compare two)."""
+    home = tmp_path_factory.mktemp("second_home")
+    yield started(home)
     local_s3.stop(home)
 
 

@@ -14,34 +14,16 @@ rows a week cost.
 
 from __future__ import annotations
 
-import gzip
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.weeks import series
-from loaders import local_s3
-from tests.conftest import SAMPLE_WEEKS, Elt, started
+from tests.conftest import SAMPLE_WEEKS, Elt, some_control_areas
 
 MARTS = ("turnstile_daily", "station_daily")
 HEADER = ",CA,UNIT,SCP,STATION,LINENAME,DIVISION,DATE,TIME,DESC,ENTRIES,EXITS\n"
-
-
-def some_control_areas(week: Path, target: Path) -> Path:
-    """``week``'s header and its lines of control areas A.. to G.. and N2.. to N30.., gzipped.
-
-    The lines are kept byte for byte.
-    """
-    sliced = target / week.name
-    with gzip.open(week, "rb") as source, gzip.open(sliced, "wb") as out:
-        out.write(source.readline())
-        for line in source:
-            area = line.split(b",", 2)[1]
-            if area < b"H" or b"N2" <= area < b"N31":
-                out.write(line)
-    return sliced
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +31,6 @@ def weeks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     real = tmp_path_factory.mktemp("real_weeks")
     sliced = [some_control_areas(week, real) for week in SAMPLE_WEEKS]
     return series(sliced, 3, tmp_path_factory.mktemp("weeks"))
-
-
-@pytest.fixture(scope="module")
-def second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
-    home = tmp_path_factory.mktemp("second_home")
-    yield started(home)
-    local_s3.stop(home)
 
 
 def exports(elt: Elt) -> dict[str, object]:

@@ -52,8 +52,10 @@ def test_pipeline_policy_grants_exactly_list_raw_get_raw_publish_marts_write_lak
         ("s3:GetObject", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
         ("s3:DeleteObject", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
         ("s3:AbortMultipartUpload", "arn:aws:s3:::my-elt-bucket/marts/*", "null"),
-        # lake/: the raw data in the open, written and pruned, never read back
+        # lake/: the raw data in the open, written and pruned (and read back:
+        # the Spark target waits for its local mount to show what was written)
         ("s3:PutObject", "arn:aws:s3:::my-elt-bucket/lake/*", "null"),
+        ("s3:GetObject", "arn:aws:s3:::my-elt-bucket/lake/*", "null"),
         ("s3:DeleteObject", "arn:aws:s3:::my-elt-bucket/lake/*", "null"),
         ("s3:AbortMultipartUpload", "arn:aws:s3:::my-elt-bucket/lake/*", "null"),
     }

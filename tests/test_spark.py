@@ -14,16 +14,14 @@ so every Spark run of this module shares it, and its state directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.weeks import series
-from loaders import lake, local_s3, pipeline
+from loaders import lake, pipeline
 from loaders.config import load_settings
-from tests.conftest import SAMPLE_WEEKS, Elt, started
-from tests.test_incremental import some_control_areas
+from tests.conftest import SAMPLE_WEEKS, Elt, some_control_areas
 
 pytestmark = pytest.mark.spark
 
@@ -36,13 +34,6 @@ def weeks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     real = tmp_path_factory.mktemp("real_weeks")
     sliced = [some_control_areas(week, real) for week in SAMPLE_WEEKS]
     return series(sliced, 3, tmp_path_factory.mktemp("weeks"))
-
-
-@pytest.fixture(scope="module")
-def duck(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elt]:
-    home = tmp_path_factory.mktemp("duckdb_home")
-    yield started(home)
-    local_s3.stop(home)
 
 
 def published(elt: Elt) -> dict[str, object]:
@@ -64,9 +55,9 @@ def upload(week: Path, *homes: Elt) -> None:
 
 
 def test_spark_publishes_duckdbs_bytes_in_a_full_build_and_after_a_late_and_a_new_week(
-    elt: Elt, duck: Elt, weeks: list[Path]
+    elt: Elt, second: Elt, weeks: list[Path]
 ) -> None:
-    spark = elt
+    spark, duck = elt, second
     first, second, third = weeks
     # GIVEN the second real week WHEN each engine builds it from nothing
     upload(second, spark, duck)
