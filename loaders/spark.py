@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+from botocore.exceptions import BotoCoreError, ClientError
 
 from loaders import fuse, lake, partitions, publish
 from loaders.config import Settings
@@ -68,13 +69,16 @@ def prepare(settings: Settings, client: S3Client, written: list[str]) -> dict[st
     # Through S3, as every lake object: one written through the mount was seen
     # read back too soon, with zeros where its bytes were still being flushed.
     key = lake.PREFIX + PUBLISHED
-    client.put_object(Bucket=settings.lake.bucket, Key=key, Body=states)
-    if "ELT_LAKE_ROOT" not in os.environ:
-        point = fuse.mount(settings.home, settings.lake.bucket)
-        for written_key in written:
-            head = client.head_object(Bucket=settings.lake.bucket, Key=written_key)
-            fuse.wait_visible(point / written_key, head["ContentLength"])
-        fuse.wait_visible(point / key, len(states), states)
+    try:
+        client.put_object(Bucket=settings.lake.bucket, Key=key, Body=states)
+        if "ELT_LAKE_ROOT" not in os.environ:
+            point = fuse.mount(settings.home, settings.lake.bucket)
+            for written_key in written:
+                head = client.head_object(Bucket=settings.lake.bucket, Key=written_key)
+                fuse.wait_visible(point / written_key, head["ContentLength"])
+            fuse.wait_visible(point / key, len(states), states)
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot write or check the lake for Spark: {exc}") from exc
     return {"ELT_LAKE_ROOT": root}
 
 
