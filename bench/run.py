@@ -53,9 +53,17 @@ PROJECT = Path(__file__).resolve().parents[1]
 ELT = str(Path(sys.executable).with_name("elt"))
 CAP_MB = 16 * 1024
 LOGS = PROJECT / "bench" / "data" / "logs"  # stderr of every measured run (git-ignored)
-# Methods a run can leave out (--scripts, --landing-scales, --memory-limit-scale):
+# Methods a run can leave out (--scripts, --landing-scales, --spark-scales):
 # with --merge, their earlier records are kept.
-SKIPPABLE = ("pandas", "polars", "landing", "landing_lake", "landing_bare")
+SKIPPABLE = (
+    "pandas",
+    "polars",
+    "landing",
+    "landing_lake",
+    "landing_bare",
+    "spark_cold",
+    "spark_steady",
+)
 KEY_COLUMNS = ("turnstile_id", "service_date", "entries", "exits", "readings", "anomalies")
 
 BARE = """
