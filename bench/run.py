@@ -708,7 +708,7 @@ def main() -> None:
             records.append(one_week(root, weeks[0], args.repeat))
             print(records[-1], flush=True)
         for n in scales:
-            extra = weeks[n : n + args.repeat] if n > 2 else []
+            extra = weeks[n : n + args.repeat]
             done = list(records)
 
             def keep(partial: list[Record], done: list[Record] = done) -> None:

@@ -10,6 +10,10 @@ engine (Spark, Athena, Trino, DuckDB) can read it::
     lake/elt/ledger/ledger.parquet
                           the entry point: one row per object version (key,
                           ETag, sha256, status, rows, and its file, lake_key)
+    lake/seeds/<seed>/<seed>.parquet
+                          each dbt seed of the project (``seeds/<seed>.csv``,
+                          every column as text, as the models read it),
+                          written again when the CSV changes
 
 A reader takes the ledger first and reads the files of the loads it lists as
 ``loaded``: a file not (or no longer) listed there is not data. The writer
@@ -24,9 +28,11 @@ changed contract quarantined some) is written again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -64,6 +70,11 @@ LEDGER_SELECT = """
 """
 
 
+def seed_key(seed: str) -> str:
+    """``lake/seeds/<seed>/<seed>.parquet``: a folder per seed, as a table's location."""
+    return f"{PREFIX}seeds/{seed}/{seed}.parquet"
+
+
 def raw_key(dataset: str, load_id: str, load_date: str) -> str:
     """``lake/raw/<dataset>/load_date=<YYYY-MM-DD>/<load id>.parquet`` (the load's UTC date)."""
     return f"{PREFIX}raw/{dataset}/load_date={load_date}/{load_id}.parquet"
@@ -76,12 +87,14 @@ class Synced:
     Attributes:
         written: Lake keys of the load files written (new loads, changed ones).
         deleted: Lake keys of superseded loads' files deleted.
+        seeds: Lake keys of the seeds written (new or changed CSVs).
         ledger: Whether the lake ledger was written (it changed).
         seconds: Wall-clock time of the sync.
     """
 
     written: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)
     ledger: bool = False
     seconds: float = 0.0
 
@@ -106,6 +119,7 @@ def sync(
     s3: S3Client,
     bucket: str,
     datasets: dict[str, Dataset],
+    seeds: Path | None = None,
 ) -> Synced:
     """Bring the lake up to the warehouse: load files, then the ledger, then deletions.
 
@@ -115,6 +129,8 @@ def sync(
         s3: Client with PutObject and DeleteObject on ``lake/*``.
         bucket: The lake bucket.
         datasets: The declared datasets (their raw tables).
+        seeds: The project's seed folder (``<project>/seeds``): each
+            ``*.csv`` is written to :func:`seed_key` when its bytes changed.
 
     Returns:
         What was written and deleted; nothing when the lake is up to date.
@@ -157,6 +173,17 @@ def sync(
         )
         done.written.append(key)
         faults.point("lake")
+    for path in sorted(seeds.glob("*.csv")) if seeds else []:
+        # Read as dbt's seeds are declared (seeds/_seeds.yml): every column text.
+        seed_digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if seed_digest != _state(conn, f"lake_seed:{path.stem}"):
+            key = seed_key(path.stem)
+            conn.execute(
+                f"copy (select * from read_csv({sql_literal(str(path))}, header = true, "
+                f"all_varchar = true)) to {sql_literal(f's3://{bucket}/{key}')} (format parquet)"
+            )
+            _set_state(conn, f"lake_seed:{path.stem}", seed_digest)
+            done.seeds.append(key)
     digest = _ledger_digest(conn)
     if digest != _state(conn, "lake_ledger"):
         conn.execute(
@@ -183,11 +210,12 @@ def sync(
         conn.execute(f"delete from {FILES} where load_id = ?", [load_id])
         done.deleted.append(key)
     done.seconds = time.monotonic() - started
-    if done.written or done.deleted:
+    if done.written or done.deleted or done.seeds:
         log.info(
-            "lake: %d load file(s) written, %d deleted, ledger %s in %.1fs",
+            "lake: %d load file(s) written, %d deleted, %d seed(s), ledger %s in %.1fs",
             len(done.written),
             len(done.deleted),
+            len(done.seeds),
             "written" if done.ledger else "unchanged",
             done.seconds,
         )

@@ -130,7 +130,9 @@ def land(settings: Settings, s3: S3Client, on_object: OnObject | None = None) ->
         for name in sorted({r.dataset for r in results} | set(rechecked)):
             export_rejects(conn, settings.lake.bucket, registry[name])
         synced = (
-            lake.sync(conn, s3, settings.lake.bucket, registry) if settings.write_lake else None
+            lake.sync(conn, s3, settings.lake.bucket, registry, settings.project_dir / "seeds")
+            if settings.write_lake
+            else None
         )
         return Landing(results, full_refresh_pending(conn), synced)
 
@@ -538,6 +540,7 @@ def run(
                 receipt.lake = {
                     "written": landing.synced.written,
                     "deleted": landing.synced.deleted,
+                    "seeds": landing.synced.seeds,
                     "ledger": landing.synced.ledger,
                 }
             faults.point("loaded")
@@ -556,7 +559,9 @@ def run(
                 step = time.monotonic()
                 build_started_at = datetime.now(UTC)
                 try:
-                    written = landing.synced.written if landing.synced else []
+                    written = (
+                        [*landing.synced.written, *landing.synced.seeds] if landing.synced else []
+                    )
                     if landing.synced and landing.synced.ledger:
                         written = [*written, lake.LEDGER_KEY]
                     built = build(settings, full, select, report.dbt_nodes, written)

@@ -1,40 +1,34 @@
 {#
-    Seeds on Spark, value by value as SQL literals. dbt-spark 1.11's session
-    connection pastes each value between quotes as it is: a name with an
-    apostrophe (a station) breaks the statement, and an empty cell becomes the
-    text 'None'. Here a value is escaped as Spark reads string literals
-    (backslash, quote) and an empty cell is null, as DuckDB loads it.
-    Found by the Spark build of seeds/remote_booth_station.csv.
+    Seeds on Spark are read from the lake, like the raw data and the ledger:
+    `elt run` writes each seed's CSV as lake/seeds/<seed>/<seed>.parquet
+    (loaders/lake.py: every column text, as seeds/_seeds.yml declares them),
+    and the seed's table here is an external table over that folder, made
+    anew each run (dropping it leaves the file). So the Spark target reads
+    nothing from the DuckDB file, nor values pasted into SQL: dbt-spark
+    1.11's session connection pasted seed values unescaped (a station name
+    with an apostrophe broke the statement, an empty cell became 'None').
+    DuckDB keeps dbt's own seed materialization, from the project's CSV.
 #}
-{% macro spark__load_csv_rows(model, agate_table) %}
-    {%- set column_override = model['config'].get('column_types', {}) -%}
-    {%- set statements = [] -%}
-    {%- for chunk in agate_table.rows | batch(get_batch_size()) -%}
-        {%- set values = [] -%}
-        {%- for row in chunk -%}
-            {%- set cells = [] -%}
-            {%- for col_name in agate_table.column_names -%}
-                {%- set type = column_override.get(
-                    col_name, adapter.convert_type(agate_table, loop.index0)
-                ) -%}
-                {%- set value = row[loop.index0] -%}
-                {%- if value is none -%}
-                    {%- do cells.append('cast(null as ' ~ type ~ ')') -%}
-                {%- else -%}
-                    {%- set text = (value | string) | replace('\\', '\\\\') | replace("'", "\\'") -%}
-                    {#- A text literal is text already: a cast per cell only slows Spark's parser. -#}
-                    {%- if type | lower == 'string' -%}
-                        {%- do cells.append("'" ~ text ~ "'") -%}
-                    {%- else -%}
-                        {%- do cells.append("cast('" ~ text ~ "' as " ~ type ~ ")") -%}
-                    {%- endif -%}
-                {%- endif -%}
-            {%- endfor -%}
-            {%- do values.append('(' ~ cells | join(', ') ~ ')') -%}
-        {%- endfor -%}
-        {%- set sql = 'insert into ' ~ this.render() ~ ' values ' ~ values | join(', ') -%}
-        {%- do adapter.add_query(sql, abridge_sql_log=True) -%}
-        {%- do statements.append(sql) -%}
-    {%- endfor -%}
-    {{- return(statements[0] if statements else '') -}}
-{% endmacro %}
+{% materialization seed, adapter='spark' %}
+
+    {%- set target_relation = this.incorporate(type='table') -%}
+    {%- set location = env_var('ELT_LAKE_ROOT') ~ '/seeds/' ~ model['alias'] -%}
+
+    {{ run_hooks(pre_hooks) }}
+
+    {%- do run_query('create schema if not exists ' ~ target_relation.schema) -%}
+    {%- do run_query('drop table if exists ' ~ target_relation) -%}
+    {% call statement('main') %}
+        create table {{ target_relation }} using parquet location '{{ location }}'
+    {% endcall %}
+
+    {#- dbt's seed result shows the rows loaded: here, the rows Spark reads from the lake. -#}
+    {%- set rows = run_query('select * from ' ~ target_relation) -%}
+    {%- do store_result('agate_table', response='OK', agate_table=rows) -%}
+    {%- do persist_docs(target_relation, model) -%}
+
+    {{ run_hooks(post_hooks) }}
+
+    {{ return({'relations': [target_relation]}) }}
+
+{% endmaterialization %}

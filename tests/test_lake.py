@@ -7,6 +7,7 @@ lists as ``loaded``.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from loaders import lake, pipeline, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import load_settings
-from tests.conftest import SAMPLE_WEEKS, Elt, week_csv
+from tests.conftest import PROJECT, SAMPLE_WEEKS, Elt, week_csv
 
 
 @pytest.fixture()
@@ -104,6 +105,15 @@ def test_each_object_version_is_its_warehouse_rows_in_the_lake(fresh: Elt) -> No
         # (the quarantined row is in neither)
         assert len(lake_rows(conn)) == 503838 + 2
         assert [r["rows_loaded"] for r in listed if "bad" in r["key"]] == [2]
+        # AND the project's seed is in the lake: the CSV's header and cells, as text
+        assert synced.seeds == [lake.seed_key("remote_booth_station")]
+        seed = PROJECT / "seeds" / "remote_booth_station.csv"
+        with seed.open(newline="", encoding="utf-8-sig") as f:  # it starts with a BOM
+            header, *cells = [tuple(row) for row in csv.reader(f)]
+        result = conn.execute(f"select * from read_parquet('s3://lake/{synced.seeds[0]}')")
+        assert tuple(c[0] for c in result.description) == header
+        rows = [tuple("" if v is None else v for v in row) for row in result.fetchall()]
+        assert sorted(rows) == sorted(cells) and len(rows) > 700
 
 
 def test_a_rerun_writes_nothing_to_the_lake(fresh: Elt) -> None:
@@ -114,7 +124,7 @@ def test_a_rerun_writes_nothing_to_the_lake(fresh: Elt) -> None:
     synced = land(fresh)
     # THEN no object of the lake is written or deleted
     assert synced is not None
-    assert (synced.written, synced.deleted, synced.ledger) == ([], [], False)
+    assert (synced.written, synced.deleted, synced.seeds, synced.ledger) == ([], [], [], False)
     assert heads(fresh, "lake/") == before
 
 

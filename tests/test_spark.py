@@ -26,6 +26,7 @@ from tests.conftest import SAMPLE_WEEKS, Elt, some_control_areas
 pytestmark = pytest.mark.spark
 
 MARTS = ("turnstile_daily", "station_daily")
+SEED_ROWS = 768  # seeds/remote_booth_station.csv, without its header
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +79,25 @@ def test_spark_publishes_duckdbs_bytes_in_a_full_build_and_after_a_late_and_a_ne
     warehouse = settings.warehouse_path
     aside = warehouse.with_name("elsewhere.duckdb")
     warehouse.replace(aside)
+    nodes: list[tuple[str, str, float]] = []
     try:
         pipeline.publish.start(spark.home)
-        pipeline.build(settings, lake_written=[*landing.synced.written, lake.LEDGER_KEY])
+        pipeline.build(
+            settings, nodes=nodes, lake_written=[*landing.synced.written, lake.LEDGER_KEY]
+        )
+        # (AND the seed Spark reads is the lake's copy of the project's CSV)
+        from pyspark.sql import SparkSession  # the session dbt-spark started in this process
+
+        session = SparkSession.builder.getOrCreate()  # that one: it is the process's
+        seed = session.table("reference.remote_booth_station")
+        assert seed.count() == SEED_ROWS
+        assert seed.inputFiles() and all(
+            f.endswith("/lake/seeds/remote_booth_station/remote_booth_station.parquet")
+            for f in seed.inputFiles()
+        )
     finally:
         aside.replace(warehouse)
+    assert [s for uid, s, _ in nodes if uid == "seed.elt_lake.remote_booth_station"] == ["success"]
     duck.run("run")
     # THEN the same again: the late week's deltas reach into the week after it
     everything = published(duck)
