@@ -314,9 +314,13 @@ def bench_scale(
         # Cold builds (the last one leaves the state the steady runs start from).
         cold, splits = [], []
         uploaded = []
+        log = scale.home / "logs" / "dbt.log"
         for _ in range(repeat):
             scale.empty_state()
+            log.unlink(missing_ok=True)  # dbt appends: keep only this cold build's
             cold.append(measure([ELT, "run"], scale.env))
+            # The per-statement profile of the cold build (python -m bench.statements).
+            shutil.copy(log, LOGS.parent / f"dbt-cold-{n}.log")
             receipt = scale.last_receipt()
             splits.append(receipt["timings"])
             uploaded.append(receipt.get("uploaded_bytes", 0))
@@ -329,7 +333,6 @@ def bench_scale(
         if extra:
             # Starts from the state the last cold build left.
             steady, splits, uploaded = [], [], []
-            log = scale.home / "logs" / "dbt.log"
             for week in extra[:repeat]:
                 log.unlink(missing_ok=True)  # dbt appends: keep only the steady run's
                 s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
