@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from bench.weeks import series
 from loaders import cli, local_s3, warehouse
 from loaders import s3 as s3_mod
 from loaders.config import Settings, load_settings
@@ -201,6 +202,17 @@ def some_control_areas(week: Path, target: Path) -> Path:
             if area < b"H" or b"N2" <= area < b"N31":
                 out.write(line)
     return sliced
+
+
+@pytest.fixture(scope="module")
+def sliced_weeks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three sliced real weeks: the two bundled ones and the first shifted two weeks on.
+
+    Sliced by :func:`some_control_areas`, shifted by the benchmark's ``series``.
+    """
+    real = tmp_path_factory.mktemp("real_weeks")
+    sliced = [some_control_areas(week, real) for week in SAMPLE_WEEKS]
+    return series(sliced, 3, tmp_path_factory.mktemp("weeks"))
 
 
 def project_copy(target: Path) -> Path:

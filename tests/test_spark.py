@@ -18,23 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.weeks import series
 from loaders import lake, pipeline
 from loaders.config import load_settings
-from tests.conftest import SAMPLE_WEEKS, Elt, some_control_areas
+from tests.conftest import Elt
 
 pytestmark = pytest.mark.spark
 
 MARTS = ("turnstile_daily", "station_daily")
 SEED_ROWS = 768  # seeds/remote_booth_station.csv, without its header
-
-
-@pytest.fixture(scope="module")
-def weeks(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Three sliced weeks: the two real ones, and the first shifted two weeks on."""
-    real = tmp_path_factory.mktemp("real_weeks")
-    sliced = [some_control_areas(week, real) for week in SAMPLE_WEEKS]
-    return series(sliced, 3, tmp_path_factory.mktemp("weeks"))
 
 
 def published(elt: Elt) -> dict[str, object]:
@@ -56,10 +47,10 @@ def upload(week: Path, *homes: Elt) -> None:
 
 
 def test_spark_publishes_duckdbs_bytes_in_a_full_build_and_after_a_late_and_a_new_week(
-    elt: Elt, second: Elt, weeks: list[Path]
+    elt: Elt, second: Elt, sliced_weeks: list[Path]
 ) -> None:
     spark, duck = elt, second
-    first, second, third = weeks
+    first, second, third = sliced_weeks
     # GIVEN the second real week WHEN each engine builds it from nothing
     upload(second, spark, duck)
     spark.run("run", ELT_TARGET="spark")
