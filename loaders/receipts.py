@@ -7,7 +7,7 @@ A receipt is a JSON document::
      "objects": [{"key", "etag", "sha256", "status", "rows_loaded", "rows_rejected", ...}],
      "dbt_nodes": [{"unique_id", "status", "seconds"}],
      "exports": [{"key", "etag", "size_bytes", "rows"}],
-     "lake": {"written": [...], "deleted": [...], "ledger": true}}
+     "lake": {"written": [...], "deleted": [...], "seeds": [...], "ledger": true}}
 
 kept in DuckDB (``elt.runs``, one row per run with the document in
 ``receipt``) and written to ``s3://<bucket>/marts/_runs/<run id>.json``.
@@ -58,8 +58,9 @@ class Receipt:
         uploaded_bytes: Bytes the run sent to S3 to publish marts (objects
             the server composed from published parts are not sent again).
         lake: What the run wrote to the raw data in the open (``lake/``):
-            load files ``written`` and ``deleted``, and whether the
-            ``ledger`` was written; empty when the target does not write it.
+            load files ``written`` and ``deleted``, the ``seeds`` written,
+            and whether the ``ledger`` was written; empty when the target
+            does not write it.
     """
 
     run_id: str
