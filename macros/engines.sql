@@ -144,7 +144,9 @@
     and changed rows, keyed by `unique_key`), in time order (`order_by`).
 
     DuckDB (delete+insert) writes them as they are, in time order, so later
-    runs' filters on time skip old row groups. On Spark a run overwrites
+    runs' filters on time skip old row groups; with `order_by` none, in the
+    order they come (a full build that keeps its input's order, which is
+    already clustered by time, rather than sort the whole history). On Spark a run overwrites
     whole partitions: those of `partition_column` (a date column of the
     rows), or else of _partition_month, the month of `time_column`, added to
     each row; the rows of those partitions the run does not replace are
@@ -158,7 +160,9 @@
 
 {% macro default__complete_partitions(rows, unique_key, time_column, order_by, partition_column) -%}
 select * from {{ rows }}
+{%- if order_by %}
 order by {{ order_by }}
+{%- endif %}
 {%- endmacro %}
 
 {% macro spark__complete_partitions(rows, unique_key, time_column, order_by, partition_column) -%}

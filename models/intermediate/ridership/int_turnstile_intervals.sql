@@ -1,3 +1,4 @@
+{#- A full build on DuckDB runs month by month: the post-hook (macros/backfill.sql). -#}
 {{
     config(
         materialized='incremental',
@@ -5,6 +6,7 @@
         incremental_strategy=incremental_strategy(),
         partition_by=incremental_partitions(),
         on_schema_change='append_new_columns',
+        post_hook="{{ backfill(ref('int_turnstile_readings_deduplicated'), 'reading_at') }}",
     )
 }}
 
@@ -17,12 +19,25 @@ readings as (
 
 ),
 
-{% if is_incremental() %}
+{%- set backfill = backfill_slice('timestamp') %}
 
+{% if is_incremental() or backfill %}
+
+{% if is_incremental() %}
 {#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
 {%- set bounds = incremental_bounds(
     ref('int_turnstile_readings_deduplicated'), '_loaded_at', 'reading_at', 'timestamp'
 ) %}
+{%- set built_before = this %}
+{% else %}
+{#-
+    A full build on DuckDB, one month per statement: the month's readings are
+    the changed ones, and the readings before them are in the deduplicated
+    table (this table does not exist yet when the first month is built).
+-#}
+{%- set bounds = backfill %}
+{%- set built_before = ref('int_turnstile_readings_deduplicated') %}
+{% endif %}
 
 changed_turnstiles as (
 
@@ -35,10 +50,16 @@ changed_turnstiles as (
 
     from readings
 
+    {% if is_incremental() %}
     where
         _loaded_at > {{ bounds.since }}
         -- The same rows; as a constant it skips the history's row groups.
         and reading_at >= {{ bounds.low }}
+    {% else %}
+    where
+        reading_at >= {{ bounds.low }}
+        and reading_at < {{ bounds.high }}
+    {% endif %}
 
     group by turnstile_id
 
@@ -80,7 +101,7 @@ anchors_{{ loop.index }} as (
     -- of it: the readings before a turnstile's change are the same in both.
     -- Read here, not through a CTE: DuckDB would materialise a CTE used by
     -- each search, with the union of their bounds (all the history).
-    inner join {{ this }} as built
+    inner join {{ built_before }} as built
         on
             changed_turnstiles.turnstile_id = built.turnstile_id
             and changed_turnstiles.changed_from > built.reading_at
@@ -126,7 +147,12 @@ window_input as (
         on readings.turnstile_id = anchors.turnstile_id
 
     -- The same rows; as a constant it skips the history's row groups.
-    where readings.reading_at >= {{ bounds.low }}
+    where
+        readings.reading_at >= {{ bounds.low }}
+        {% if not is_incremental() %}
+        -- A backfill's month ends here; the next month is the next statement's.
+        and readings.reading_at < {{ bounds.high }}
+        {% endif %}
 
 ),
 

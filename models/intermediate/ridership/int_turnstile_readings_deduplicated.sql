@@ -10,18 +10,18 @@
 
 with
 
-readings as (
-
-    select * from {{ ref('stg_mta__turnstile_readings') }}
-
-),
-
 {% if is_incremental() %}
 
 {#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
 {%- set bounds = incremental_bounds(
     ref('stg_mta__turnstile_readings'), '_loaded_at', 'reading_at', 'timestamp'
 ) %}
+
+readings as (
+
+    select * from {{ ref('stg_mta__turnstile_readings') }}
+
+),
 
 new_readings as (
 
@@ -78,9 +78,53 @@ candidates as (
 
 {% else %}
 
+{#-
+    A full build ranks only the turnstile times read more than once (a few
+    thousand of tens of millions of readings); every other reading is kept
+    as it is. No sort of the whole history: the rows keep their landing
+    order, file by file, so each row group of a weekly feed spans about a
+    week, and later runs' filters on reading_at still skip old row groups.
+    Each CTE reads staging itself: DuckDB would materialise a CTE read three
+    times, all the history, past the memory limit.
+-#}
+{%- set staged = ref('stg_mta__turnstile_readings') %}
+read_more_than_once as (
+
+    select
+        turnstile_id,
+        reading_at
+
+    from {{ staged }}
+
+    group by turnstile_id, reading_at
+
+    having count(*) > 1
+
+),
+
+read_once as (
+
+    select readings.*
+
+    from {{ staged }} as readings
+
+    anti join read_more_than_once
+        on
+            readings.turnstile_id = read_more_than_once.turnstile_id
+            and readings.reading_at = read_more_than_once.reading_at
+
+),
+
 candidates as (
 
-    select * from readings
+    select readings.*
+
+    from {{ staged }} as readings
+
+    semi join read_more_than_once
+        on
+            readings.turnstile_id = read_more_than_once.turnstile_id
+            and readings.reading_at = read_more_than_once.reading_at
 
 ),
 
@@ -118,12 +162,24 @@ deduplicated as (
 
     where preference_rank = 1
 
+    {% if not is_incremental() %}
+
+    {{ union_all_by_name() }}
+
+    select
+        *,
+        cast('{{ run_started_at }}' as {{ timestamptz() }}) as _refreshed_at
+
+    from read_once
+
+    {% endif %}
+
 )
 
--- In time order: later runs' filters on reading_at skip old row groups.
+{#- A run's rows in time order: later runs' filters on reading_at skip old row groups. -#}
 {{ complete_partitions(
     'deduplicated',
     unique_key=['turnstile_id', 'reading_at'],
     time_column='reading_at',
-    order_by='reading_at, turnstile_id',
+    order_by='reading_at, turnstile_id' if is_incremental() else none,
 ) }}

@@ -1,3 +1,4 @@
+{#- A full build on DuckDB runs month by month: the post-hook (macros/backfill.sql). -#}
 {{
     config(
         materialized='incremental',
@@ -5,6 +6,7 @@
         incremental_strategy=incremental_strategy(),
         partition_by=incremental_partitions('service_date'),
         on_schema_change='append_new_columns',
+        post_hook="{{ backfill(ref('int_turnstile_intervals'), 'service_date') }}",
     )
 }}
 
@@ -57,9 +59,19 @@ day_intervals as (
 
 {% else %}
 
+{%- set backfill = backfill_slice('date') %}
+
 day_intervals as (
 
     select * from intervals
+
+    {% if backfill %}
+    -- A full build on DuckDB: one month of days per statement; the intervals
+    -- are kept in time order, so each month's scan skips the others'.
+    where
+        service_date >= {{ backfill.low }}
+        and service_date < {{ backfill.high }}
+    {% endif %}
 
 ),
 
