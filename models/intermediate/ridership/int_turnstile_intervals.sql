@@ -146,13 +146,15 @@ window_input as (
     left join anchors
         on readings.turnstile_id = anchors.turnstile_id
 
+    {% if is_incremental() %}
     -- The same rows; as a constant it skips the history's row groups.
+    where readings.reading_at >= {{ bounds.low }}
+    {% else %}
+    -- A backfill's month: the next month is the next statement's.
     where
         readings.reading_at >= {{ bounds.low }}
-        {% if not is_incremental() %}
-        -- A backfill's month ends here; the next month is the next statement's.
         and readings.reading_at < {{ bounds.high }}
-        {% endif %}
+    {% endif %}
 
 ),
 
