@@ -145,9 +145,9 @@
 
     DuckDB (delete+insert) writes them as they are, in time order, so later
     runs' filters on time skip old row groups; with `order_by` none, in the
-    order they come (a full build that keeps its input's order, which is
-    already clustered by time, rather than sort the whole history). On Spark a run overwrites
-    whole partitions: those of `partition_column` (a date column of the
+    order they come (a full build that keeps its input's order, already
+    clustered by time, rather than sort the whole history). On Spark a run
+    overwrites whole partitions: those of `partition_column` (a date column of the
     rows), or else of _partition_month, the month of `time_column`, added to
     each row; the rows of those partitions the run does not replace are
     carried over by the insert (macros/spark_insert_overwrite.sql).
