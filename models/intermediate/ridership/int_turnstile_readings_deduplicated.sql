@@ -176,7 +176,10 @@ deduplicated as (
 
 )
 
-{#- An incremental run's rows in time order (a full build's in landing order, above): later runs' filters on reading_at skip old row groups. -#}
+{#-
+    An incremental run's rows in time order (a full build's in landing order,
+    above): later runs' filters on reading_at skip old row groups.
+-#}
 {{ complete_partitions(
     'deduplicated',
     unique_key=['turnstile_id', 'reading_at'],
