@@ -14,8 +14,8 @@
 
     dbt runs the model's statement first, with no slice chosen (the bounds
     are null, so it creates the table with no rows), then backfill() inserts
-    each month in time order, in the same transaction: the table is kept in
-    time order, and a failed month leaves no table.
+    each month in time order, inside the model's transaction (a post-hook's
+    default): the table ends in time order.
 
     The bounds are DuckDB variables (set variable / getvariable), which the
     planner reads as constants: each month's scans skip the row groups of the
@@ -24,10 +24,11 @@
 
 
 {#-
-    The current slice of a backfill, as SQL: {low, high}, a half-open range of
-    the model's time column, of SQL type `data_type`. None when the build is not one: an incremental
-    run, another engine (Spark sorts past its memory by itself), parsing, or
-    a dbt unit test (its inputs are small fixtures, built whole).
+    The current slice of a backfill, as SQL: {low, high}, a half-open range
+    of the model's time column, of SQL type `data_type`. None when the build
+    is not one: an incremental run, another engine (Spark sorts past its
+    memory by itself), parsing, or a dbt unit test (its inputs are small
+    fixtures, built whole).
 -#}
 {% macro backfill_slice(data_type) %}
     {%- if target.type != 'duckdb' or not execute or model.resource_type != 'model'

@@ -147,10 +147,10 @@
     runs' filters on time skip old row groups; with `order_by` none, in the
     order they come (a full build that keeps its input's order, already
     clustered by time, rather than sort the whole history). On Spark a run
-    overwrites whole partitions: those of `partition_column` (a date column of the
-    rows), or else of _partition_month, the month of `time_column`, added to
-    each row; the rows of those partitions the run does not replace are
-    carried over by the insert (macros/spark_insert_overwrite.sql).
+    overwrites whole partitions: those of `partition_column` (a date column
+    of the rows), or else of _partition_month, the month of `time_column`,
+    added to each row; the rows of those partitions the run does not replace
+    are carried over by the insert (macros/spark_insert_overwrite.sql).
 -#}
 {% macro complete_partitions(rows, unique_key, time_column, order_by, partition_column=none) %}
     {{- return(adapter.dispatch('complete_partitions')(
