@@ -194,11 +194,10 @@ deltas as (
 
     select
         *,
-        -- Some counters run backwards: the size of the change is what counts.
-        -- Two valid bigint counters can be further apart than a bigint holds:
-        -- subtract in decimal(38, 0), which holds any such difference.
-        abs(cast(cumulative_entries as decimal(38, 0)) - previous_entries) as entries_delta,
-        abs(cast(cumulative_exits as decimal(38, 0)) - previous_exits) as exits_delta,
+        -- Some counters run backwards: the size of the change is what counts,
+        -- exact for any two bigint counters (macros/engines.sql).
+        {{ counter_delta('cumulative_entries', 'previous_entries') }} as entries_delta,
+        {{ counter_delta('cumulative_exits', 'previous_exits') }} as exits_delta,
         -- A delta counts on the date of its later reading.
         cast(reading_at as date) as service_date
 
