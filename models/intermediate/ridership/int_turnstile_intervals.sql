@@ -14,7 +14,16 @@ with
 
 readings as (
 
-    select {{ star_except(['_refreshed_at'], built=true) }}
+    -- The counters are all a delta needs. Names and lineage stay in the
+    -- deduplicated table, one row per (turnstile_id, reading_at) as here:
+    -- every text column carried down would be rewritten for every reading.
+    select
+        turnstile_id,
+        reading_at,
+        cumulative_entries,
+        cumulative_exits,
+        _loaded_at
+
     from {{ ref('int_turnstile_readings_deduplicated') }}
 
 ),

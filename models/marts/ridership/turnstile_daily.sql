@@ -18,6 +18,13 @@ intervals as (
 
 ),
 
+named_readings as (
+
+    -- The names each reading carries (the intervals keep only counters).
+    select * from {{ ref('int_turnstile_readings_deduplicated') }}
+
+),
+
 {% if is_incremental() %}
 
 {#- Constants, so the scans below skip the history's row groups (macros/incremental_bounds.sql). -#}
@@ -57,6 +64,25 @@ day_intervals as (
 
 ),
 
+day_readings as (
+
+    -- The same days' readings, one per interval.
+    select named_readings.*
+
+    from named_readings
+
+    inner join changed_days
+        on
+            named_readings.turnstile_id = changed_days.turnstile_id
+            and cast(named_readings.reading_at as date) = changed_days.service_date
+
+    -- Clustered by time too: read only the changed days' span.
+    where
+        named_readings.reading_at >= {{ bounds.low }}
+        and named_readings.reading_at < {{ bounds.high }} + interval 1 day
+
+),
+
 {% else %}
 
 {%- set backfill = backfill_slice('date') %}
@@ -75,20 +101,25 @@ day_intervals as (
 
 ),
 
+day_readings as (
+
+    select * from named_readings
+
+    {% if backfill %}
+    where
+        reading_at >= {{ backfill.low }}
+        and reading_at < {{ backfill.high }}
+    {% endif %}
+
+),
+
 {% endif %}
 
-daily as (
+daily_counts as (
 
     select
         turnstile_id,
         service_date,
-        any_value(control_area) as control_area,
-        any_value(remote_unit) as remote_unit,
-        any_value(scp) as scp,
-        -- Names can change within a day: take the day's latest reading's.
-        max_by(station, reading_at) as station,
-        max_by(line_names, reading_at) as line_names,
-        max_by(division, reading_at) as division,
         sum(entries_delta) filter (where not is_entries_anomaly) as entries,
         sum(exits_delta) filter (where not is_exits_anomaly) as exits,
         count(*) as readings,
@@ -98,6 +129,46 @@ daily as (
     from day_intervals
 
     group by turnstile_id, service_date
+
+),
+
+daily_names as (
+
+    select
+        turnstile_id,
+        cast(reading_at as date) as service_date,
+        any_value(control_area) as control_area,
+        any_value(remote_unit) as remote_unit,
+        any_value(scp) as scp,
+        -- Names can change within a day: take the day's latest reading's.
+        max_by(station, reading_at) as station,
+        max_by(line_names, reading_at) as line_names,
+        max_by(division, reading_at) as division
+
+    from day_readings
+
+    group by turnstile_id, cast(reading_at as date)
+
+),
+
+daily as (
+
+    -- A day's intervals and its readings are the same rows: every day has both.
+    select
+        daily_counts.*,
+        daily_names.control_area,
+        daily_names.remote_unit,
+        daily_names.scp,
+        daily_names.station,
+        daily_names.line_names,
+        daily_names.division
+
+    from daily_counts
+
+    inner join daily_names
+        on
+            daily_counts.turnstile_id = daily_names.turnstile_id
+            and daily_counts.service_date = daily_names.service_date
 
 ),
 
