@@ -131,9 +131,13 @@ def test_counter_reset_is_an_anomaly_excluded_from_sums(turnstile_days) -> None:
 
 
 def test_second_week_service_dates_lie_within_that_week(loaded: Elt) -> None:
+    # (an interval's lineage is its reading's row in the deduplicated table)
     dates = loaded.query(
-        "select distinct service_date from intermediate.int_turnstile_intervals "
-        "where _source_key = 'raw/turnstile/240113.csv.gz'"
+        "select distinct intervals.service_date "
+        "from intermediate.int_turnstile_intervals as intervals "
+        "inner join intermediate.int_turnstile_readings_deduplicated as readings "
+        "using (turnstile_id, reading_at) "
+        "where readings._source_key = 'raw/turnstile/240113.csv.gz'"
     )
     assert {d for (d,) in dates} == {date(2024, 1, day) for day in range(6, 13)}
 
