@@ -41,7 +41,12 @@ changed_days as (
 
     from intervals
 
-    where _refreshed_at > {{ bounds.since }}
+    where
+        _refreshed_at > {{ bounds.since }}
+        -- The same rows; as a constant it skips the history's row groups.
+        -- DuckDB may materialise `intervals` (two CTEs read it) with the OR
+        -- of their filters: without this bound it read all 64.7M rows.
+        and service_date >= {{ bounds.low }}
 
 ),
 
