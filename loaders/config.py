@@ -122,15 +122,27 @@ class Settings:
         }
 
 
+# The storage format a new warehouse file is created in. DuckDB's default
+# (v1.0.0+, for readers as old as 1.0) cannot reuse a column's metadata when it
+# checkpoints, and lacks its newer string compression: measured one-off on the
+# 256-week warehouse, writing 16M deduplicated readings took 27 s in it and
+# 14.5 to 17.5 s in this one, and checkpointing a week appended to 32M rows
+# 0.85 s against 0.49 s. The price: only DuckDB 1.5 or later opens the file.
+# A file that exists keeps the format it was created in.
+STORAGE_VERSION = "v1.5.0"
+
+
 def duckdb_config(home: Path, memory_limit: str | None) -> dict[str, str]:
     """DuckDB settings: spill to ``<home>/spill``, the memory cap, a thread per core.
 
     ``memory_limit`` comes from the profile (``ELT_MEMORY_LIMIT``, 2GB by
     default); ``threads`` from ``ELT_THREADS``, else the machine's cores.
+    A warehouse file these settings create is in :data:`STORAGE_VERSION`'s format.
     """
     config = {
         "temp_directory": str(home / "spill"),
         "threads": str(os.environ.get("ELT_THREADS") or os.cpu_count() or 1),
+        "storage_compatibility_version": STORAGE_VERSION,
     }
     if memory_limit:
         config["memory_limit"] = memory_limit

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from loaders.config import STORAGE_VERSION
 from tests.conftest import BIN, LANDED, PROJECT, SAMPLE_WEEKS, Elt
 
 HEADER = [
@@ -267,3 +268,12 @@ def test_source_freshness_warns_after_8_days_errors_after_15(loaded: Elt, tmp_pa
         conn.execute("update raw.turnstile set _loaded_at = _loaded_at - interval 6 day")
     stale = dbt(loaded, "source", "freshness", target_path=tmp_path)
     assert stale.returncode == 1 and "ERROR STALE freshness of mta.turnstile" in stale.stdout
+
+
+def test_the_warehouse_is_created_in_duckdbs_newer_storage_format(loaded: Elt) -> None:
+    # Writes and checkpoints are cheaper in it (loaders/config.py, STORAGE_VERSION).
+    with duckdb.connect(str(loaded.settings.warehouse_path), read_only=True) as conn:
+        (tags,) = conn.execute(
+            "select tags from duckdb_databases() where database_name = 'warehouse'"
+        ).fetchone()
+    assert tags["storage_version"] == f"{STORAGE_VERSION}+"
