@@ -2,8 +2,9 @@
 
 For each scale (weeks of real readings, shifted forward in time: ``bench/weeks.py``)
 a local S3 server of its own gets the weeks under ``raw/turnstile/``; then,
-each timed ``--repeat`` times (the median is reported; the steady state
-``--steady-repeat`` times, one more week each, as one cold build allows):
+each timed ``--repeat`` times (the median is reported), but the steady state,
+timed ``--steady-repeat`` times: that many more weeks, one after the other,
+on the state the last cold build left:
 
 ``pipeline_cold``   ``elt run`` on an empty state: raw objects to published CSVs
 ``pipeline_steady`` N weeks loaded and built, one more uploaded: ``elt run``

@@ -134,8 +134,8 @@
 {#-
     The first character against a list, not a regular expression. Exporting
     turnstile_daily's 60 month parts at 256 weeks (11M rows, 7 text columns)
-    took 6.5 to 7.5 s so, 8.1 to 15.4 s with regexp_matches, and 7.6 s with no
-    escaping at all (one-off, alternating). DuckDB's literals have no escapes:
+    took 6.5 to 7.5 s this way, 8.1 to 15.4 s with regexp_matches, and 7.6 s
+    with no check at all (one-off, three runs each, alternating). DuckDB's literals have no escapes:
     chr(9) and chr(13) are the tab and the carriage return.
 -#}
 {% macro default__starts_like_a_formula(expression) -%}
