@@ -270,10 +270,27 @@ def test_source_freshness_warns_after_8_days_errors_after_15(loaded: Elt, tmp_pa
     assert stale.returncode == 1 and "ERROR STALE freshness of mta.turnstile" in stale.stdout
 
 
-def test_the_warehouse_is_created_in_duckdbs_newer_storage_format(loaded: Elt) -> None:
-    # Writes and checkpoints are cheaper in it (loaders/config.py, STORAGE_VERSION).
-    with duckdb.connect(str(loaded.settings.warehouse_path), read_only=True) as conn:
+def storage_version(warehouse_path: Path) -> str:
+    """The storage format DuckDB reports for a warehouse file, e.g. ``v1.5.0+``."""
+    with duckdb.connect(str(warehouse_path), read_only=True) as conn:
         (tags,) = conn.execute(
             "select tags from duckdb_databases() where database_name = 'warehouse'"
         ).fetchone()
-    assert tags["storage_version"] == f"{STORAGE_VERSION}+"
+    return tags["storage_version"]
+
+
+def test_the_warehouse_is_created_in_duckdbs_newer_storage_format(loaded: Elt) -> None:
+    # Writes and checkpoints are cheaper in it (loaders/config.py, STORAGE_VERSION).
+    assert storage_version(loaded.settings.warehouse_path) == f"{STORAGE_VERSION}+"
+
+
+def test_a_warehouse_dbt_creates_first_is_in_the_newer_format_too(
+    second: Elt, tmp_path: Path
+) -> None:
+    # GIVEN a state directory whose warehouse does not exist yet
+    assert not second.settings.warehouse_path.exists()
+    # WHEN dbt, not the loader, creates it (the README's `dbt build` by hand)
+    proc = dbt(second, "seed", target_path=tmp_path)
+    # THEN it is in the same format: the dbt plugin opens it with the loader's settings
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert storage_version(second.settings.warehouse_path) == f"{STORAGE_VERSION}+"
