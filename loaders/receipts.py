@@ -2,7 +2,7 @@
 
 A receipt is a JSON document::
 
-    {"run_id": "20261121T190000Z-3fa2c1", "trigger": "watch", "status": "success",
+    {"run_id": "20261121T190000Z-3fa2c1d4e5f60718", "trigger": "watch", "status": "success",
      "started_at": "...", "finished_at": "...", "seconds": 12.3, "errors": [],
      "objects": [{"key", "etag", "sha256", "status", "rows_loaded", "rows_rejected", ...}],
      "dbt_nodes": [{"unique_id", "status", "seconds"}],

@@ -172,3 +172,22 @@ def has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
         [schema, table],
     ).fetchone()
     return found is not None
+
+
+def roll_back(conn: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the connection's open transaction; none open is not an error.
+
+    DuckDB keeps a transaction open after most errors inside it, so the
+    caller rolls back before it re-raises. A COMMIT that fails (a key that
+    another cursor committed first) has ended the transaction already, and a
+    plain ROLLBACK would then raise "no transaction is active" in place of
+    the error that matters.
+
+    Raises:
+        duckdb.TransactionException: the rollback itself failed otherwise.
+    """
+    try:
+        conn.execute("rollback")
+    except duckdb.TransactionException as exc:
+        if "no transaction is active" not in str(exc):
+            raise

@@ -578,6 +578,42 @@ def test_header_with_jinja_and_sql_is_data_not_code(fresh: Elt) -> None:
     assert fresh.query("select count(*) from raw.turnstile") == [(1,)]
 
 
+@pytest.mark.unit
+def test_load_ids_made_in_the_same_second_do_not_collide() -> None:
+    # GIVEN a backfill: thousands of object versions get a load id in one go
+    ids = [land.new_load_id() for _ in range(10_000)]
+    # THEN no two share one (with 24 random bits per second, 10,000 would, almost surely)
+    assert len(set(ids)) == len(ids)
+    # AND they still sort by the second they were made in
+    assert ids[0][:16] <= ids[-1][:16]
+
+
+@pytest.mark.unit
+def test_a_commit_that_fails_is_reported_as_itself_not_as_a_rollback() -> None:
+    # GIVEN two cursors landing at once, both with a ledger row of the same key
+    conn = duckdb.connect()
+    conn.execute("create table ledger (load_id varchar primary key)")
+    first, second = conn.cursor(), conn.cursor()
+    for cursor in (first, second):
+        cursor.execute("begin transaction")
+        cursor.execute("insert into ledger values ('20240113T120000Z-3fa2c1')")
+    first.execute("commit")
+    # WHEN the second commit fails, which ends its transaction
+    with pytest.raises(duckdb.TransactionException, match="duplicate key") as failed:
+        try:
+            second.execute("commit")
+        except duckdb.Error:
+            # THEN rolling back, as every loader path does before re-raising, is quiet
+            warehouse.roll_back(second)
+            raise
+    assert "rollback" not in str(failed.value)
+    # AND a rollback of a transaction that is open still rolls it back
+    second.execute("begin transaction")
+    second.execute("insert into ledger values ('another')")
+    warehouse.roll_back(second)
+    assert conn.execute("select load_id from ledger").fetchall() == [("20240113T120000Z-3fa2c1",)]
+
+
 def test_more_than_1000_objects_in_one_prefix_all_land(fresh: Elt) -> None:
     # GIVEN 1,005 objects (S3 lists 1,000 per page)
     client = fresh.s3()

@@ -29,7 +29,7 @@ from loaders.land.ledger import (
 from loaders.land.quarantine import note_reasons, quarantine_contract_breaches
 from loaders.land.readers import columns_of, numbered, scan_csv
 from loaders.land.stage import Staged
-from loaders.warehouse import quote_identifier
+from loaders.warehouse import quote_identifier, roll_back
 
 # One logger for the whole loader (log lines and filters keep the name
 # `loaders.land` they had before the package split).
@@ -160,7 +160,7 @@ def land_batch(
         conn.execute("commit")
         faults.point("commit")
     except (NotBatchable, duckdb.Error) as exc:
-        conn.execute("rollback")
+        roll_back(conn)
         for staged in group:
             staged.attempt.replaced = None
             staged.attempt.rows_loaded = staged.attempt.rows_rejected = 0

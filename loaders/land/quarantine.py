@@ -31,7 +31,7 @@ from loaders.land.ledger import (
 )
 from loaders.land.readers import first_line
 from loaders.s3 import ObjectInfo
-from loaders.warehouse import sql_literal
+from loaders.warehouse import roll_back, sql_literal
 
 # One logger for the whole loader (log lines and filters keep the name
 # `loaders.land` they had before the package split).
@@ -151,7 +151,7 @@ def recheck_contracts(conn: duckdb.DuckDBPyConnection, datasets: list[Dataset]) 
                 set_state(conn, "rows_removed_at", datetime.now(UTC).isoformat())
             conn.execute("commit")
         except BaseException:
-            conn.execute("rollback")
+            roll_back(conn)
             raise
         if moved:
             log.warning(

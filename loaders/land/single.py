@@ -43,6 +43,7 @@ from loaders.land.readers import (
     reject_counts,
 )
 from loaders.land.stage import Staged
+from loaders.warehouse import roll_back
 
 # One logger for the whole loader (log lines and filters keep the name
 # `loaders.land` they had before the package split).
@@ -109,7 +110,7 @@ def add_columns_alone(
             add_new_columns(conn, dataset, names, key)
             conn.execute("commit")
         except BaseException:
-            conn.execute("rollback")
+            roll_back(conn)
             raise
 
 
@@ -184,7 +185,7 @@ def _land_version(
                 faults.point("commit")
             except BaseException:
                 # DuckDB keeps a transaction open after some errors: always roll back.
-                conn.execute("rollback")
+                roll_back(conn)
                 raise
     except (LoadError, duckdb.Error) as exc:
         key = attempt.obj.key
