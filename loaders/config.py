@@ -126,10 +126,9 @@ class Settings:
 # (v1.0.0+) keeps to what DuckDB 1.0 can read: text columns, for one, are
 # stored with Dictionary or FSST compression, here with the newer DICT_FSST
 # (`pragma storage_info` of the two). Measured one-off, writing the 256-week
-# deduplicated readings (64.5M rows) took 53 s in it and 36 s in this one;
-# checkpointing a week appended to 32M rows 0.85 s against 0.49 s; a cold `elt
-# run` of 32 weeks, 56 to 59 s against 46 to 50 s (README, "State and
-# configuration"). The price: only DuckDB 1.5 or later opens the file. A file
+# deduplicated readings (64.5M rows) took 53 s in it and 36 s in this one; a
+# cold `elt run` of 32 weeks, 56 to 59 s against 46 to 50 s (README, "State
+# and configuration"). The price: only DuckDB 1.5 or later opens the file. A file
 # that exists keeps the format it was created in.
 STORAGE_VERSION = "v1.5.0"
 
