@@ -508,6 +508,52 @@ def test_cast_errors_in_a_batch_are_quarantined_and_counted_per_object(fresh: El
     ]
 
 
+def test_every_landed_row_carries_its_loads_start_as_loaded_at(fresh: Elt, caplog) -> None:
+    # The loader finds the rows it just landed by _load_id bounded by
+    # _loaded_at >= the loads' started_at, so its scans skip the history's
+    # row groups: that bound is only safe while every row's _loaded_at is its
+    # load's started_at in the ledger, on the batch path and the one-object one.
+    caplog.set_level(logging.INFO, logger="loaders.land")
+    # GIVEN a load already in the warehouse
+    fresh.put("raw/turnstile/earlier.csv", week_csv(3, day="09/01/2024"))
+    assert load(fresh) == "raw/turnstile/earlier.csv:loaded:3:0"
+    # WHEN a later run lands a clean object, one with a value the contract
+    # refuses (quarantined inside its batch) and one with a quote (one-object path)
+    fresh.put("raw/turnstile/later_a.csv", week_csv(3, day="09/02/2024"))
+    fresh.put(
+        "raw/turnstile/later_b.csv",
+        week_csv(3, day="09/03/2024").replace(b",1001,100", b",x,100"),
+    )
+    fresh.put(
+        "raw/turnstile/later_c.csv",
+        week_csv(3, day="09/04/2024").replace(b"59 ST", b'"59 ST"'),
+    )
+    assert load(fresh) == ", ".join(
+        [
+            "raw/turnstile/later_a.csv:loaded:3:0",
+            "raw/turnstile/later_b.csv:loaded:2:1",
+            "raw/turnstile/later_c.csv:loaded:3:0",
+        ]
+    )
+    assert "(batch of 1)" in caplog.text and "later_c.csv: 3 rows, 0 rejected, in" in caplog.text
+    # THEN every row's _loaded_at is its load's start, the refused value is
+    # quarantined, and the earlier load's rows are all still there
+    assert fresh.query(
+        "select count(*), count(*) filter (where landed._loaded_at = ledger.started_at) "
+        "from raw.turnstile as landed inner join elt.ledger as ledger "
+        "on landed._load_id = ledger.load_id"
+    ) == [(11, 11)]
+    assert rejects(fresh) == [("raw/turnstile/later_b.csv", 3, "CAST ERROR")]
+    assert fresh.query(
+        "select _source_key, count(*) from " + LANDED + " group by 1 order by 1"
+    ) == [
+        ("raw/turnstile/earlier.csv", 3),
+        ("raw/turnstile/later_a.csv", 3),
+        ("raw/turnstile/later_b.csv", 2),
+        ("raw/turnstile/later_c.csv", 3),
+    ]
+
+
 def test_a_batch_meeting_a_bad_row_lands_its_objects_one_by_one(fresh: Elt, caplog) -> None:
     caplog.set_level(logging.INFO, logger="loaders.land")
     fresh.put("raw/turnstile/clean_1.csv", week_csv(2, day="07/01/2024"))

@@ -130,12 +130,18 @@ def land_batch(
         rejected = conn.execute("select count(*) from elt_reject_errors").fetchone()
         if rejected and rejected[0]:
             raise NotBatchable(f"{rejected[0]} rejected row(s)")
+        # The batch's rows carry their load's started_at as _loaded_at: as a
+        # constant bound it skips the history's row groups (the load ids'
+        # own minimum and maximum cannot: see quarantine_contract_breaches).
+        landed_since = min(s.attempt.started_at for s in group)
         counts = {
             load_id: (n, first, last)
             for load_id, n, first, last in conn.execute(
                 f"select _load_id, count(*), min(_source_row_number), max(_source_row_number) "
                 f"from {raw_table(dataset)} "
-                "where _load_id in (select load_id from elt_batch_files) group by 1"
+                "where _loaded_at >= ? and _load_id in (select load_id from elt_batch_files) "
+                "group by 1",
+                [landed_since],
             ).fetchall()
         }
         for staged in group:
@@ -149,7 +155,7 @@ def land_batch(
         # DuckDB's compressed storage runs each check once per distinct
         # value of a low-cardinality column (dates, times).
         attempts = [s.attempt for s in group]
-        quarantine_contract_breaches(conn, attempts)
+        quarantine_contract_breaches(conn, attempts, landed_since)
         note_reasons(conn, attempts)
         for attempt in attempts:
             attempt.rows_rejected = attempt.rows_in - attempt.rows_loaded

@@ -38,7 +38,9 @@ from loaders.warehouse import roll_back, sql_literal
 log = logging.getLogger(__package__)
 
 
-def quarantine_contract_breaches(conn: duckdb.DuckDBPyConnection, attempts: list[Attempt]) -> None:
+def quarantine_contract_breaches(
+    conn: duckdb.DuckDBPyConnection, attempts: list[Attempt], landed_since: datetime | None = None
+) -> None:
     """Move landed rows that break the source contract to the quarantine.
 
     The contract (:mod:`loaders.contract`, from the source YAML) says which
@@ -48,6 +50,13 @@ def quarantine_contract_breaches(conn: duckdb.DuckDBPyConnection, attempts: list
     One scan of the just-landed rows covers every rule and every load in
     ``attempts`` (one dataset, one file format); each attempt's
     ``rows_loaded`` drops by the rows it had moved.
+
+    ``landed_since`` is the earliest ``_loaded_at`` of those rows (for rows
+    this run landed: the attempts' ``started_at``). As a constant it lets
+    the scan skip the row groups of older loads by their minimum and
+    maximum, which ``_load_id`` cannot do (DuckDB keeps only a text
+    column's first 8 bytes there, the same date for every load of a day).
+    ``None`` reads every row group (a re-check of the whole history).
     """
     dataset, first_line = attempts[0].dataset, attempts[0].first_line
     found = contract.table_checks(dataset.rules)
@@ -56,7 +65,9 @@ def quarantine_contract_breaches(conn: duckdb.DuckDBPyConnection, attempts: list
     first = contract.first_failure(found)
     load_ids = [a.load_id for a in attempts]
     keys = [a.obj.key for a in attempts]
-    bad = f"_load_id in (select unnest($load_ids)) and ({first['any']})"
+    bound: dict[str, object] = {"since": landed_since} if landed_since else {}
+    since = "_loaded_at >= $since and " if bound else ""
+    bad = f"{since}_load_id in (select unnest($load_ids)) and ({first['any']})"
     quarantined = conn.execute(
         f"""
         insert into {REJECTS} ({REJECT_COLUMNS})
@@ -68,11 +79,17 @@ def quarantine_contract_breaches(conn: duckdb.DuckDBPyConnection, attempts: list
             on _load_id = loads.load_id
         where {bad}
         """,
-        {"load_ids": load_ids, "keys": keys, "dataset": dataset.name, "offset": first_line - 1},
+        {
+            "load_ids": load_ids,
+            "keys": keys,
+            "dataset": dataset.name,
+            "offset": first_line - 1,
+            **bound,
+        },
     ).fetchone()
     if not (quarantined and quarantined[0]):
         return  # the usual case: no second scan to delete nothing
-    conn.execute(f"delete from {raw_table(dataset)} where {bad}", {"load_ids": load_ids})
+    conn.execute(f"delete from {raw_table(dataset)} where {bad}", {"load_ids": load_ids, **bound})
     moved = dict(
         conn.execute(
             f"select load_id, count(*) from {REJECTS} where load_id in (select unnest(?)) "

@@ -256,7 +256,7 @@ def _land(
             f"{attempt.obj.key}: reconciliation failed: {attempt.rows_in} row(s) in the file, "
             f"{seen} loaded or rejected"
         )
-    quarantine_contract_breaches(conn, [attempt])
+    quarantine_contract_breaches(conn, [attempt], attempt.started_at)
     attempt.rows_rejected = reject_counts(conn, attempt.load_id)[0]
     note_reasons(conn, [attempt])
     attempt.status = "loaded"
