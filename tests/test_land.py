@@ -242,6 +242,18 @@ def test_unterminated_quote_is_quarantined_with_the_lines_it_swallowed(fresh: El
     assert ledger(fresh, "rows_in") == [(4,)]  # lines after the header: 2 good, 2 in the bad record
 
 
+def test_a_quoted_field_spanning_two_lines_lands_as_one_row(fresh: Elt) -> None:
+    # GIVEN a CSV whose first record's quoted station name holds a line feed
+    body = week_csv(3).replace(b",59 ST,", b',"59\nST",', 1)
+    fresh.put("raw/turnstile/two_lines.csv", body)
+    # WHEN loaded THEN its 4 lines after the header reconcile with 3 rows
+    assert load(fresh) == "raw/turnstile/two_lines.csv:loaded:3:0"
+    assert ledger(fresh, "rows_in", "rows_loaded") == [(4, 3)]
+    assert fresh.query(
+        "select _source_row_number, station from raw.turnstile where contains(station, chr(10))"
+    ) == [(1, "59\nST")]
+
+
 def test_rejects_are_exported_next_to_the_marts(fresh: Elt) -> None:
     body = week_csv(2) + b"=cmd|' /C calc'!A0,x\n"
     fresh.put("raw/turnstile/r.csv", body)

@@ -259,7 +259,7 @@ def land_csv(
     inserted_lines = inserted
     if has_quote and inserted:
         # A quoted field can span lines: add the line feeds inside inserted fields.
-        inserted_lines += _line_feeds_in_fields(conn, dataset, names, attempt.load_id)
+        inserted_lines += _line_feeds_in_fields(conn, dataset, names, attempt)
     attempt.rows_loaded = inserted
     return inserted_lines, rejected_lines
 
@@ -283,12 +283,16 @@ def reject_counts(conn: duckdb.DuckDBPyConnection, load_id: str) -> tuple[int, i
 
 
 def _line_feeds_in_fields(
-    conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], load_id: str
+    conn: duckdb.DuckDBPyConnection, dataset: Dataset, names: list[str], attempt: Attempt
 ) -> int:
     quoted = [quote_identifier(n) for n in names]
     feeds = " + ".join(f"coalesce(len({q}) - len(replace({q}, chr(10), '')), 0)" for q in quoted)
+    # _loaded_at, the load's start, as a constant: the scan skips the history's
+    # row groups, which the load id's own minimum and maximum cannot.
     row = conn.execute(
-        f"select coalesce(sum({feeds}), 0) from {raw_table(dataset)} where _load_id = ?", [load_id]
+        f"select coalesce(sum({feeds}), 0) from {raw_table(dataset)} "
+        "where _loaded_at = ? and _load_id = ?",
+        [attempt.started_at, attempt.load_id],
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -313,9 +317,12 @@ def _renumber_rows(conn: duckdb.DuckDBPyConnection, attempt: Attempt, records: i
                 select line - 1 from {REJECTS} where load_id = ?
             )
         ) as kept
-        where landed._load_id = ? and landed._source_row_number = kept.returned_number
+        where
+            landed._loaded_at = ?
+            and landed._load_id = ?
+            and landed._source_row_number = kept.returned_number
         """,
-        [records, attempt.load_id, attempt.load_id],
+        [records, attempt.load_id, attempt.started_at, attempt.load_id],
     )
 
 
