@@ -47,6 +47,9 @@ REJECT_COLUMNS = (
     "load_id, dataset, key, line, column_name, error_type, message, raw_line, rejected_at, value"
 )
 
+# Every landed row's lineage. _loaded_at is its load's started_at in the
+# ledger, on every landing path: the loader bounds its scans of a load's rows
+# by it (tests/test_land.py checks it).
 LINEAGE_COLUMNS = (
     ("_source_row_number", "bigint"),
     ("_load_id", "varchar"),
