@@ -182,7 +182,8 @@ def test_watcher_waits_out_an_s3_outage(home: Elt, project: Path, tmp_path: Path
         watcher.wait_for(
             lambda: watcher.state().get("state") == "waiting for S3", 60, "the outage to be seen"
         )
-        assert "retrying in" in watcher.log()
+        # (the state is saved just before the warning is logged: wait for both)
+        watcher.wait_for(lambda: "retrying in" in watcher.log(), 10, "the retry warning")
         # WHEN it comes back (on new ports) and a file is uploaded
         home.run("up")
         home.put("raw/counts/after_outage.csv", b"name,n\nz,5\n")
