@@ -3,8 +3,13 @@
 For each scale (weeks of real readings, shifted forward in time: ``bench/weeks.py``)
 a local S3 server of its own gets the weeks under ``raw/turnstile/``; then,
 each timed ``--repeat`` times (the median is reported), but the steady state,
-timed ``--steady-repeat`` times: that many more weeks, one after the other,
-on the state the last cold build left:
+timed ``--steady-repeat`` times: that many more weeks on the state the last
+cold build left. By default (``--interleave``) every scale's cold builds come
+first, then the steady runs go in rounds: one more week at each scale and one
+week alone, in an order that reverses each round, so that the growth ratio
+compares runs of the same minutes (this machine's speed drifts by 20% or more
+within a sitting); ``--no-interleave`` runs each scale's steady weeks one after
+the other:
 
 ``pipeline_cold``   ``elt run`` on an empty state: raw objects to published CSVs
 ``pipeline_steady`` N weeks loaded and built, one more uploaded: ``elt run``
@@ -131,6 +136,8 @@ class Record:
     matches_pipeline: bool | None = None
     # Median bytes the runs sent to S3 to publish marts (from their receipts).
     uploaded_bytes: int | None = None
+    # Steady runs and one week alone taken in turn, round by round (runs_s in round order).
+    interleaved: bool = False
 
 
 def measure(argv: list[str], env: dict[str, str], cap_mb: float | None = None) -> Measured:
@@ -295,28 +302,26 @@ def pipeline_record(
     )
 
 
-def bench_scale(
-    root: Path,
-    weeks: list[Path],
-    extra: list[Path],
-    repeat: int,
-    args: argparse.Namespace,
-    keep: Callable[[list[Record]], None],
-) -> list[Record]:
-    """Every method at one scale; ``extra`` are the weeks uploaded for the steady state.
+class Cold:
+    """A scale whose cold builds are measured: its server is up, its steady state built."""
 
-    ``keep`` gets the records so far after each method, so that a long scale
-    stopped midway, or failing late, keeps what it measured.
+    def __init__(self, scale: Scale, record: Record, pipeline_csv: bytes) -> None:
+        self.scale = scale
+        self.record = record
+        self.pipeline_csv = pipeline_csv  # turnstile_daily.csv, as the cold build published it
+        self.n = len(scale.weeks)
+
+
+def cold_runs(root: Path, weeks: list[Path], repeat: int) -> Cold:
+    """``elt run`` on an empty state, ``repeat`` times, on a new scale of ``weeks``.
+
+    The last run leaves the state the steady runs start from; the server stays up.
     """
     scale = Scale(root, weeks)
     n = len(weeks)
-    records: list[Record] = []
-    py = sys.executable
     try:
         print(f"== {n} weeks", flush=True)
-        # Cold builds (the last one leaves the state the steady runs start from).
-        cold, splits = [], []
-        uploaded = []
+        cold, splits, uploaded = [], [], []
         log = scale.home / "logs" / "dbt.log"
         for _ in range(repeat):
             scale.empty_state()
@@ -328,35 +333,116 @@ def bench_scale(
             splits.append(receipt["timings"])
             uploaded.append(receipt.get("uploaded_bytes", 0))
         readings = sum(o["rows_loaded"] for o in receipt["objects"])
-        pipeline_csv = scale.get("marts/turnstile_daily.csv")
-        records.append(pipeline_record(n, "pipeline_cold", cold, readings, splits, uploaded))
-        print(records[-1], flush=True)
-        keep(records)
+        record = pipeline_record(n, "pipeline_cold", cold, readings, splits, uploaded)
+        print(record, flush=True)
+        return Cold(scale, record, scale.get("marts/turnstile_daily.csv"))
+    except BaseException:
+        teardown(scale)
+        raise
 
-        if extra:
-            # Starts from the state the last cold build left.
-            steady, splits, uploaded = [], [], []
-            for week in extra[: args.steady_repeat]:
-                log.unlink(missing_ok=True)  # dbt appends: keep only the steady run's
-                s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
-                steady.append(measure([ELT, "run"], scale.env))
-                receipt = scale.last_receipt()
-                splits.append(receipt["timings"])
-                uploaded.append(receipt.get("uploaded_bytes", 0))
-                # Per-statement times of the steady run (dbt's debug log), for the README.
-                if log.exists():
-                    shutil.copy(log, LOGS.parent / f"dbt-steady-{n}.log")
-            week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
-            records.append(
-                pipeline_record(n, "pipeline_steady", steady, week_rows, splits, uploaded)
-            )
-            print(records[-1], flush=True)
-            keep(records)
-            for week in extra[: args.steady_repeat]:
-                scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
 
+def teardown(scale: Scale) -> None:
+    """Stop the scale's server and delete its state."""
+    scale.stop()
+    shutil.rmtree(scale.home, ignore_errors=True)
+
+
+class Steady:
+    """The steady runs of one scale: one more week each, from the state its cold build left."""
+
+    def __init__(self, cold: Cold, weeks: list[Path]) -> None:
+        self.cold = cold
+        self.weeks = list(weeks)
+        self.runs: list[Measured] = []
+        self.splits: list[dict[str, float]] = []
+        self.uploaded: list[int] = []
+        self.week_rows = 0
+
+    def run(self) -> None:
+        """Upload the next week and time ``elt run`` until its CSVs are published."""
+        scale, n = self.cold.scale, self.cold.n
+        week = self.weeks[len(self.runs)]
+        log = scale.home / "logs" / "dbt.log"
+        log.unlink(missing_ok=True)  # dbt appends: keep only the steady run's
+        s3_mod.upload(scale.client, week, "lake", f"raw/turnstile/{week.name}")
+        self.runs.append(measure([ELT, "run"], scale.env))
+        receipt = scale.last_receipt()
+        self.splits.append(receipt["timings"])
+        self.uploaded.append(receipt.get("uploaded_bytes", 0))
+        self.week_rows = sum(o["rows_loaded"] for o in receipt["objects"])
+        # Per-statement times of the steady run (dbt's debug log), for the README.
+        if log.exists():
+            shutil.copy(log, LOGS.parent / f"dbt-steady-{n}.log")
+
+    def record(self, note: str = "", interleaved: bool = False) -> Record:
+        """The ``pipeline_steady`` record; removes the weeks it uploaded from the bucket."""
+        for week in self.weeks[: len(self.runs)]:
+            self.cold.scale.client.delete_object(Bucket="lake", Key=f"raw/turnstile/{week.name}")
+        record = pipeline_record(
+            self.cold.n, "pipeline_steady", self.runs, self.week_rows, self.splits, self.uploaded
+        )
+        record.note, record.interleaved = note, interleaved
+        print(record, flush=True)
+        return record
+
+
+def interleaved(
+    colds: list[Cold], extra: dict[int, list[Path]], alone: Path, rounds: int
+) -> list[Record]:
+    """Steady runs of every scale and one week alone, taken in turn, ``rounds`` times.
+
+    This machine's speed drifts by 20% or more within a sitting, and a scale's
+    steady runs taken one after the other land in one patch of it: the growth
+    ratio would then measure the drift. Here each round runs one steady week of
+    every scale and one week alone (on an empty state of its own), in an order
+    that reverses each round (32, 256, alone; then alone, 256, 32), so a drift
+    that holds for a round falls on each alike. Their records carry
+    ``interleaved=True``: ``targets`` then also gives each round's own ratios.
+    """
+    steadies = [Steady(cold, extra[cold.n]) for cold in colds]
+    single = Scale(colds[0].scale.home.parent, [alone])
+    single_runs: list[Measured] = []
+
+    def one_alone() -> None:
+        single.empty_state()
+        single_runs.append(measure([ELT, "run"], single.env))
+
+    try:
+        turns: list[Callable[[], None]] = [s.run for s in steadies] + [one_alone]
+        for i in range(rounds):
+            print(f"== interleaved round {i + 1} of {rounds}", flush=True)
+            for turn in turns if i % 2 == 0 else reversed(turns):
+                turn()
+        readings = sum(o["rows_loaded"] for o in single.last_receipt()["objects"])
+    finally:
+        teardown(single)
+    note = f"interleaved: {rounds} rounds, with " + ", ".join(
+        [f"{c.n} weeks" for c in colds] + ["one week alone"]
+    )
+    records = [s.record(note, interleaved=True) for s in steadies]
+    records.append(summarise(1, "one_week", single_runs, readings, note=note, interleaved=True))
+    print(records[-1], flush=True)
+    return records
+
+
+def finish_scale(
+    cold: Cold,
+    repeat: int,
+    args: argparse.Namespace,
+    keep: Callable[[list[Record]], None],
+    records: list[Record],
+) -> list[Record]:
+    """Every other method at the scale of ``cold``, then its server stopped and state deleted.
+
+    ``records`` are the scale's records so far; ``keep`` gets them with each new
+    one, so that a long scale stopped midway, or failing late, keeps what it measured.
+    """
+    scale, n, readings = cold.scale, cold.n, cold.record.readings
+    pipeline_csv = cold.pipeline_csv
+    py = sys.executable
+    try:
         if n in args.spark_scales:
-            records += spark_runs(scale, extra, repeat, records)
+            records += spark_runs(scale, args.extra_weeks[n], repeat, records)
             print(records[-2:], flush=True)
             keep(records)
 
@@ -369,7 +455,6 @@ def bench_scale(
         records.append(summarise(n, "bare", bare, readings, matches_pipeline=matches))
         print(records[-1], flush=True)
         keep(records)
-
         if n in args.landing_scales:
             records += landing_pairs(scale, repeat)
             print(records[-3:], flush=True)
@@ -417,8 +502,7 @@ def bench_scale(
             print(records[-1], flush=True)
             keep(records)
     finally:
-        scale.stop()
-        shutil.rmtree(scale.home, ignore_errors=True)
+        teardown(scale)
     bare_s = next(r.median_s for r in records if r.method == "bare")
     for record in records:
         if record.median_s and bare_s and not record.method.endswith("_steady"):
@@ -544,6 +628,21 @@ def report(records: list[Record], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def by_round(record: Record, yardstick: Record) -> str:
+    """Each round's ratio of two interleaved records, and their median; else nothing.
+
+    Round ``i``'s runs of the two were taken within a minute of each other, so
+    this ratio is the one a drift of the machine's speed moves least.
+    """
+    if not (record.interleaved and yardstick.interleaved):
+        return ""
+    if len(record.runs_s) != len(yardstick.runs_s) or not record.runs_s:
+        return ""
+    ratios = [a / b for a, b in zip(record.runs_s, yardstick.runs_s, strict=True)]
+    listed = ", ".join(f"{r:.2f}" for r in ratios)
+    return f"; interleaved, round by round {statistics.median(ratios):.2f}x ({listed})"
+
+
 def targets(records: list[Record]) -> list[str]:
     """Each target of the benchmark issue, with the measured figure."""
 
@@ -561,14 +660,15 @@ def targets(records: list[Record]) -> list[str]:
     if steady and steady.median_s and alone and alone.median_s:
         out.append(
             f"Steady state at {top} weeks: {steady.median_s:.1f} s for one more week, "
-            f"{steady.median_s / alone.median_s:.2f}x one week alone ({alone.median_s:.1f} s); "
-            "target at most 1.5x."
+            f"{steady.median_s / alone.median_s:.2f}x one week alone ({alone.median_s:.1f} s)"
+            f"{by_round(steady, alone)}; target at most 1.5x."
         )
     at_32 = find(32, "pipeline_steady")
     if steady and steady.median_s and at_32 and at_32.median_s and top != 32:
         out.append(
             f"Steady state growth {top}/32 weeks: {steady.median_s / at_32.median_s:.2f}x "
-            f"({steady.median_s:.1f} s against {at_32.median_s:.1f} s); target at most 1.2x."
+            f"({steady.median_s:.1f} s against {at_32.median_s:.1f} s){by_round(steady, at_32)}; "
+            "target at most 1.2x."
         )
     if steady and steady.peak_mb is not None:
         out.append(
@@ -621,6 +721,82 @@ def targets(records: list[Record]) -> list[str]:
     return out
 
 
+def measure_in_turn(
+    root: Path,
+    weeks: list[Path],
+    scales: list[int],
+    args: argparse.Namespace,
+    records: list[Record],
+    save: Callable[[], None],
+) -> None:
+    """Each scale in turn: cold builds, steady runs one after the other, every other method.
+
+    One week alone is measured first unless ``records`` (kept by ``--merge``) has it.
+    """
+    if not any(r.method == "one_week" for r in records):
+        records.append(one_week(root, weeks[0], args.repeat))
+        print(records[-1], flush=True)
+    for n in scales:
+        done = list(records)
+
+        def keep(partial: list[Record], done: list[Record] = done) -> None:
+            records[:] = done + partial
+            save()
+
+        cold = cold_runs(root, weeks[:n], args.repeat)
+        mine = [cold.record]
+        keep(mine)
+        try:
+            if args.extra_weeks[n]:
+                steady = Steady(cold, args.extra_weeks[n])
+                for _ in range(args.steady_repeat):
+                    steady.run()
+                mine.append(steady.record())
+                keep(mine)
+        except BaseException:
+            teardown(cold.scale)
+            raise
+        keep(finish_scale(cold, args.repeat, args, keep, mine))
+
+
+def measure_interleaved(
+    root: Path,
+    weeks: list[Path],
+    scales: list[int],
+    args: argparse.Namespace,
+    records: list[Record],
+    save: Callable[[], None],
+) -> None:
+    """Every scale's cold builds, then the steady runs interleaved, then every other method."""
+    colds: list[Cold] = []
+    try:
+        for n in scales:
+            colds.append(cold_runs(root, weeks[:n], args.repeat))
+            records.append(colds[-1].record)
+            save()
+        steady = interleaved(colds, args.extra_weeks, weeks[0], args.steady_repeat)
+    except BaseException:
+        for cold in colds:
+            teardown(cold.scale)
+        raise
+    records += steady
+    save()
+    for i, cold in enumerate(colds):
+        mine = [cold.record, *(r for r in steady if r.scale == cold.n)]
+        done = [r for r in records if not any(r is m for m in mine)]
+
+        def keep(partial: list[Record], done: list[Record] = done) -> None:
+            records[:] = done + partial
+            save()
+
+        try:
+            keep(finish_scale(cold, args.repeat, args, keep, mine))
+        except BaseException:
+            for later in colds[i + 1 :]:
+                teardown(later.scale)
+            raise
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scales", default="2,32,256")
@@ -655,6 +831,15 @@ def main() -> None:
         " noisy: at 256 weeks the first after the cold build pays for some of its"
         " checkpoint, and some weeks' appends make DuckDB compact the raw table's last"
         " row groups as the loader closes the warehouse",
+    )
+    parser.add_argument(
+        "--interleave",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take the steady runs of every scale and one week alone in turn, round by"
+        " round (--steady-repeat rounds), after every scale's cold builds: the growth"
+        " ratio then compares runs of the same minutes (default); --no-interleave runs"
+        " each scale's steady weeks one after the other",
     )
     parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--memory-limit-scale", type=int, default=256)
@@ -720,19 +905,12 @@ def main() -> None:
         # (a method skipped with --scripts '' or --landing-scales '' keeps its row).
         kept = [Record(**r) for r in json.loads(args.out.read_text())]
         records += [r for r in kept if r.scale not in scales or r.method in SKIPPABLE]
+    args.extra_weeks = {n: weeks[n : n + extra_weeks] for n in scales}
     try:
-        if not any(r.method == "one_week" for r in records):
-            records.append(one_week(root, weeks[0], args.repeat))
-            print(records[-1], flush=True)
-        for n in scales:
-            extra = weeks[n : n + extra_weeks]
-            done = list(records)
-
-            def keep(partial: list[Record], done: list[Record] = done) -> None:
-                records[:] = done + partial
-                save()
-
-            keep(bench_scale(root, weeks[:n], extra, args.repeat, args, keep))
+        if args.interleave:
+            measure_interleaved(root, weeks, scales, args, records, save)
+        else:
+            measure_in_turn(root, weeks, scales, args, records, save)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print("\n".join(targets(records)))
