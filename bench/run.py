@@ -396,18 +396,29 @@ def interleaved(
     ratio would then measure the drift. Here each round runs one steady week of
     every scale and one week alone (on an empty state of its own), in an order
     that reverses each round (32, 256, alone; then alone, 256, 32), so a drift
-    that holds for a round falls on each alike. Their records carry
+    that holds for a round falls on each alike. One week alone is run once,
+    untimed, before the first round: like the steady scales after their cold
+    builds, it then starts from dbt's saved parse. Their records carry
     ``interleaved=True``: ``targets`` then also gives each round's own ratios.
     """
     steadies = [Steady(cold, extra[cold.n]) for cold in colds]
     single = Scale(colds[0].scale.home.parent, [alone])
     single_runs: list[Measured] = []
+    single_splits: list[dict[str, float]] = []
+    single_uploaded: list[int] = []
 
     def one_alone() -> None:
         single.empty_state()
         single_runs.append(measure([ELT, "run"], single.env))
+        receipt = single.last_receipt()
+        single_splits.append(receipt["timings"])
+        single_uploaded.append(receipt.get("uploaded_bytes", 0))
 
     try:
+        # Untimed: the steady scales start with dbt's saved parse of the project
+        # (from their cold builds), so one week alone does too, not with a full parse.
+        single.empty_state()
+        measure([ELT, "run"], single.env)
         turns: list[Callable[[], None]] = [s.run for s in steadies] + [one_alone]
         for i in range(rounds):
             print(f"== interleaved round {i + 1} of {rounds}", flush=True)
@@ -420,7 +431,11 @@ def interleaved(
         [f"{c.n} weeks" for c in colds] + ["one week alone"]
     )
     records = [s.record(note, interleaved=True) for s in steadies]
-    records.append(summarise(1, "one_week", single_runs, readings, note=note, interleaved=True))
+    alone_record = pipeline_record(
+        1, "one_week", single_runs, readings, single_splits, single_uploaded
+    )
+    alone_record.note, alone_record.interleaved = note, True
+    records.append(alone_record)
     print(records[-1], flush=True)
     return records
 
