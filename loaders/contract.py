@@ -15,7 +15,8 @@ have a value::
           - type: not_null
 
 Staging renders its casts from the same declaration (``cast_source_column()``
-in ``macros/contract.sql``): ``cast(trim(v) as <data_type>)``, or
+in ``macros/contract.sql``): ``cast(v as <data_type>)`` for a number (the
+cast skips the spaces around it), ``cast(trim(v) as boolean)``, or
 ``strptime(trim(v), <format>)`` cast to the type. The loader renders, here, a
 check per column that is true exactly when that cast would fail or the value
 is missing, and quarantines such rows before dbt ever sees them. A value

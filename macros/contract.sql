@@ -27,8 +27,19 @@
         strptime(trim({{ expression }}), '{{ format }}')
     {%- elif format -%}
         cast(strptime(trim({{ expression }}), '{{ format }}') as {{ data_type }})
-    {%- else -%}
+    {%- elif data_type in ['boolean', 'bool'] -%}
         cast(trim({{ expression }}) as {{ data_type }})
+    {%- else -%}
+        {#-
+            A number: no trim(). The cast itself skips spaces around the
+            digits (' 0042 ' is 42), and the loader landed only values of
+            the form ' *<number> *' (loaders/contract.py), so the result is
+            the same. The trim cost more than the cast: on the 256-week raw
+            table (64.5M rows), casting both counters took 6.9 s with it and
+            2.5 to 3.0 s without, and a full build of the deduplicated
+            readings casts them twice (measured one-off).
+        -#}
+        cast({{ expression }} as {{ data_type }})
     {%- endif -%}
 {% endmacro %}
 
